@@ -1,0 +1,78 @@
+"""Celery 5, prefork pool of 2, RPC result backend; settings in ``bench/systems/celery_app.py``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.common import Unavailable, WorkerProcesses, delete_exchanges, delete_queues, python_command
+
+try:
+    from bench.systems import celery_app
+except ImportError as exc:  # celery is a `bench` extra, not a dependency
+    raise Unavailable(f"celery not installed ({exc}); pip install -e '.[bench]'") from exc
+
+
+class CelerySystem:
+    """``noop.delay()`` for enqueue and drain, ``noop_result.delay().get()`` for RPC."""
+
+    name = "celery"
+    queue = celery_app.QUEUE
+
+    def __init__(self) -> None:
+        self.notes = [
+            "celery: json, task_acks_late=True, worker_prefetch_multiplier=1 (channel-global "
+            "prefetch 2 for the 2-process pool), confirm_publish=True, persistent, rpc:// results; "
+            "worker -P prefork -c 2 --without-gossip --without-mingle --without-heartbeat, "
+            "remote control and events off",
+        ]
+        self.reference_enqueues: dict = {}
+        self._workers: WorkerProcesses | None = None
+
+    def enqueue(self, n: int) -> None:
+        delay = celery_app.noop.delay
+        for _ in range(n):
+            delay()
+
+    def preload(self, n: int, first_mark: str, last_mark: str) -> None:
+        # Celery has no bulk publish; a group would still send one message per task.
+        delay = celery_app.noop.delay
+        delay(first_mark)
+        for _ in range(n - 2):
+            delay()
+        delay(last_mark)
+
+    def start_workers(self, log_path: Path) -> WorkerProcesses:
+        cmd = python_command(
+            "-m", "celery", "-A", "bench.systems.celery_app", "worker",
+            "-Q", self.queue, "-c", "2", "-P", "prefork", "--loglevel", "warning",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        )
+        self._workers = WorkerProcesses([cmd], log_path)
+        return self._workers
+
+    def rpc_roundtrips(self, n: int) -> list[float]:
+        delay = celery_app.noop_result.delay
+        timings = []
+        for _ in range(n):
+            start = time.perf_counter()
+            delay().get(timeout=10)
+            timings.append(time.perf_counter() - start)
+        return timings
+
+    def stop(self) -> None:
+        if self._workers is not None:
+            self._workers.stop()
+            self._workers = None
+        # Closing the result consumer lets RabbitMQ auto-delete the per-client reply queue.
+        try:
+            celery_app.app.backend.result_consumer.stop()
+        except Exception:  # noqa: BLE001 - never started if RPC didn't run
+            pass
+        celery_app.app.close()
+        delete_queues([self.queue])
+        delete_exchanges([self.queue])
+
+
+def load() -> CelerySystem:
+    return CelerySystem()

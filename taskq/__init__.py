@@ -1,0 +1,29 @@
+"""taskq: background jobs on RabbitMQ — durable queues, fair dispatch, results over RPC."""
+
+from taskq.app import App
+from taskq.errors import (
+    ConfigurationError,
+    EncodeError,
+    PublishError,
+    ResultLost,
+    TaskError,
+    TaskqError,
+)
+from taskq.logs import get_logger
+from taskq.results import AsyncResult
+from taskq.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AsyncResult",
+    "ConfigurationError",
+    "EncodeError",
+    "PublishError",
+    "ResultLost",
+    "Task",
+    "TaskError",
+    "TaskqError",
+    "get_logger",
+]

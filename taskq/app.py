@@ -1,0 +1,189 @@
+"""The App: the one object a user configures; it knows the broker and the registered tasks."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import uuid
+from dataclasses import replace
+from typing import Any, Callable, overload
+
+from taskq import topology
+from taskq.broker import Broker, resolve_broker_url
+from taskq.errors import ConfigurationError
+from taskq.message import TaskMessage
+from taskq.results import AsyncResult, ReplyListener
+from taskq.task import Task, TaskOptions
+
+
+class App:
+    """Configuration, task registry and the caller's side of the broker.
+
+    ``broker``: a kombu URL. Without one, ``$TASKQ_BROKER_URL``, then the local RabbitMQ.
+    Nothing connects until the first publish, so importing an app module is cheap and safe
+    to do before forking worker processes.
+    """
+
+    def __init__(
+        self,
+        name: str = "taskq",
+        *,
+        broker: str | None = None,
+        default_queue: str = "default",
+        heartbeat: float = 30.0,
+        max_priority: int | None = None,
+    ) -> None:
+        self.name = name
+        self.default_queue = default_queue
+        self.heartbeat = heartbeat
+        self.max_priority = max_priority
+        self.tasks: dict[str, Task] = {}
+        self._explicit_broker_url = broker
+        self._broker: Broker | None = None
+        self._listener: ReplyListener | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} tasks={len(self.tasks)}>"
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        with self._lock:
+            if self._broker is None:
+                self._broker = Broker(resolve_broker_url(self._explicit_broker_url))
+            return self._broker
+
+    def use_broker(self, url: str) -> None:
+        """Point the app at another broker (the CLI's --broker); call before anything is sent."""
+        self.close()
+        with self._lock:
+            self._explicit_broker_url = url
+            self._broker = None
+
+    def queue(self, name: str):
+        """The kombu Queue for a work queue, declared the same way by every side."""
+        return topology.task_queue(name, max_priority=self.max_priority)
+
+    @property
+    def queue_names(self) -> list[str]:
+        """Every queue a task of this app is routed to, default queue first."""
+        names = [self.default_queue]
+        for task in self.tasks.values():
+            if task.options.queue not in names:
+                names.append(task.options.queue)
+        return names
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    @overload
+    def task(self, function: Callable[..., Any]) -> Task: ...
+
+    @overload
+    def task(
+        self, *, name: str | None = None, queue: str | None = None, ignore_result: bool = False
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(self, function=None, *, name=None, queue=None, ignore_result=False):
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders")``."""
+
+        def register(fn: Callable[..., Any]) -> Task:
+            options = TaskOptions(
+                name=name or default_task_name(fn),
+                queue=queue or self.default_queue,
+                ignore_result=ignore_result,
+            )
+            if options.name in self.tasks:
+                raise ConfigurationError(f"two tasks are named {options.name!r}")
+            task = Task(self, fn, options)
+            self.tasks[options.name] = task
+            return task
+
+        return register(function) if function is not None else register
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(
+        self,
+        message: TaskMessage,
+        *,
+        queue: str,
+        priority: int | None = None,
+        want_result: bool = True,
+    ) -> AsyncResult:
+        """Publish a task message persistently and wait for the broker's confirm."""
+        listener = None
+        properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
+        if want_result:
+            listener = self._reply_listener()
+            properties["reply_to"] = listener.reply_to()
+            listener.expect(message.id)
+            message = replace(message, reply_to=properties["reply_to"])
+        if priority is not None:
+            properties["priority"] = priority
+        try:
+            self.broker.publish(
+                message.body(),
+                routing_key=queue,
+                headers=message.headers(),
+                declare=[self.queue(queue), topology.dead_letter_queue(queue)],
+                **properties,
+            )
+        except BaseException:
+            if listener is not None:
+                listener.forget(message.id)
+            raise
+        return AsyncResult(message.id, message.task, listener)
+
+    def send_task(
+        self,
+        name: str,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        want_result: bool = True,
+    ) -> AsyncResult:
+        """Send a task by name, for callers that don't import its code (other systems, the CLI)."""
+        task = self.tasks.get(name)
+        message = TaskMessage(id=str(uuid.uuid4()), task=name, args=tuple(args), kwargs=dict(kwargs or {}))
+        target = queue or (task.options.queue if task else self.default_queue)
+        return self.send(message, queue=target, want_result=want_result)
+
+    def _reply_listener(self) -> ReplyListener:
+        with self._lock:
+            if self._listener is None:
+                self._listener = ReplyListener(self.broker)
+            return self._listener
+
+    def close(self) -> None:
+        """Close the app's connections; the next send opens new ones."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            broker = self._broker
+        if listener is not None:
+            listener.stop()
+        if broker is not None:
+            broker.close()
+
+    def forget_connections_after_fork(self) -> None:
+        """In a forked worker child: never reuse the parent's sockets or threads."""
+        self._lock = threading.RLock()
+        self._listener = None
+        if self._broker is not None:
+            self._broker.forget_connections_after_fork()
+
+
+def default_task_name(function: Callable[..., Any]) -> str:
+    """``module.qualname``; a script run as __main__ is named after its file, as the worker will import it."""
+    module = function.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        else:
+            module = os.path.splitext(os.path.basename(getattr(main, "__file__", "main")))[0]
+    return f"{module}.{function.__qualname__}"

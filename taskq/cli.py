@@ -1,0 +1,87 @@
+"""The ``taskq`` command. It only parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import click
+
+from taskq import __version__
+from taskq.app import App
+from taskq.errors import ConfigurationError
+from taskq.loader import load_app
+from taskq.logs import LEVELS, configure_logging
+
+
+class UserError(click.ClickException):
+    """One line on stderr and exit status 2: a mistake of the caller's, never a traceback."""
+
+    exit_code = 2
+
+
+def app_from_option(path: str, broker: str | None) -> App:
+    try:
+        app = load_app(path)
+    except ConfigurationError as exc:
+        raise UserError(str(exc)) from None
+    if broker:
+        app.use_broker(broker)
+    return app
+
+
+app_option = click.option(
+    "-A", "--app", "app_path", envvar="TASKQ_APP", required=True, metavar="MODULE:APP",
+    help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
+)
+broker_option = click.option(
+    "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
+    help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taskq")
+def main() -> None:
+    """taskq: background jobs on RabbitMQ."""
+
+
+@main.command()
+@app_option
+@click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None, help="Child processes (default: CPUs).")
+@broker_option
+@click.option("--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info", show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
+    help="console on a TTY, JSON lines otherwise, unless set.",
+)
+def worker(app_path: str, queues: str | None, concurrency: int | None, broker: str | None, loglevel: str, log_format: str) -> None:
+    """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
+    from taskq.worker import Supervisor, WorkerOptions
+
+    configure_logging(loglevel, log_format)
+    app = app_from_option(app_path, broker)
+    queue_names = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queue_names
+    if not queue_names:
+        raise UserError("-Q: no queue names given")
+    options = WorkerOptions(queues=queue_names, concurrency=concurrency or os.cpu_count() or 1)
+    click.echo(banner(app, options), err=True)
+    sys.exit(Supervisor(app, options).run())
+
+
+def banner(app: App, options) -> str:
+    tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
+    return (
+        f"taskq {__version__} worker on {socket.gethostname()} (pid {os.getpid()})\n"
+        f"  app:         {app.name}\n"
+        f"  broker:      {app.broker.masked_url}\n"
+        f"  queues:      {', '.join(options.queues)}\n"
+        f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
+        f"  tasks:\n{tasks}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The errors taskq raises: one small hierarchy, so callers catch ``TaskqError`` and
+never need to know kombu's or py-amqp's exception classes."""
+
+from __future__ import annotations
+
+
+class TaskqError(Exception):
+    """Base of every error taskq raises on purpose."""
+
+
+class ConfigurationError(TaskqError):
+    """The app, a task or the command line was set up wrongly (bad -A path, bad option)."""
+
+
+class PublishError(TaskqError):
+    """The broker did not confirm a publish, even after the bounded retry."""
+
+
+class EncodeError(TaskqError, TypeError):
+    """Task arguments or a result cannot be carried as msgpack."""
+
+
+class TaskError(TaskqError):
+    """The task ran and raised; carries the remote exception type, message and traceback."""
+
+    def __init__(
+        self,
+        exc_type: str,
+        exc_message: str,
+        remote_traceback: str = "",
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{exc_type}: {exc_message}")
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+        self.task_id = task_id
+
+
+class ResultLost(TaskqError):
+    """The connection carrying replies broke, so a reply may never arrive."""

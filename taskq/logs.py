@@ -1,0 +1,46 @@
+"""structlog set-up for workers: readable on a terminal, JSON lines when piped to a collector."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure_logging(level: str = "info", log_format: str = "auto") -> None:
+    """Route structlog (and stdlib logging, e.g. kombu's) to stderr at ``level``.
+
+    ``log_format``: "console", "json", or "auto" (console on a TTY, JSON otherwise).
+    Task context (task name, id, queue, pid, attempt) comes from structlog's contextvars,
+    bound by the worker around each run, so a task's own ``structlog.get_logger()`` lines
+    carry it too.
+    """
+    numeric_level = logging.getLevelName(level.upper())
+    if log_format == "auto":
+        log_format = "console" if sys.stderr.isatty() else "json"
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr, force=True)
+
+
+def get_logger(**initial_values: object) -> structlog.typing.FilteringBoundLogger:
+    """A structlog logger; inside a task it already carries the task's context."""
+    return structlog.get_logger(**initial_values)

@@ -1,0 +1,86 @@
+"""A task: a plain function plus where and how to send it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from taskq.message import TaskMessage
+
+if TYPE_CHECKING:
+    from taskq.app import App
+    from taskq.results import AsyncResult
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """What a task's decorator said; plain data so the worker and the CLI can read it."""
+
+    name: str
+    queue: str
+    ignore_result: bool = False
+
+
+class Task:
+    """Wraps a function: calling it runs it here, ``delay``/``apply_async`` send it to a worker."""
+
+    def __init__(self, app: App, function: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.function = function
+        self.options = options
+        functools.update_wrapper(self, function)
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send with default options; returns once the broker has confirmed the message."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        expires: float | dt.datetime | None = None,
+        task_id: str | None = None,
+    ) -> AsyncResult:
+        """Send with options. ``expires`` is seconds from now or an aware datetime: a message
+        reaching a worker later than that is dead-lettered with reason ``expired``."""
+        message = TaskMessage(
+            id=task_id or str(uuid.uuid4()),
+            task=self.name,
+            args=tuple(args),
+            kwargs=dict(kwargs or {}),
+            expires_at=expires_at(expires),
+        )
+        return self.app.send(
+            message,
+            queue=queue or self.options.queue,
+            priority=priority,
+            want_result=not self.options.ignore_result,
+        )
+
+
+def expires_at(expires: float | dt.datetime | None, now: float | None = None) -> float | None:
+    """Turn ``expires`` into an absolute epoch time, the form that survives the trip."""
+    if expires is None:
+        return None
+    if isinstance(expires, dt.datetime):
+        if expires.tzinfo is None:
+            raise ValueError("expires must be a timezone-aware datetime (or seconds from now)")
+        return expires.timestamp()
+    return (now if now is not None else time.time()) + float(expires)

@@ -1,0 +1,63 @@
+"""Running one task and turning what happened into a Reply; no broker in sight."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+
+import structlog
+
+from taskq.errors import EncodeError
+from taskq.message import Reply, TaskMessage
+from taskq.task import Task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run: the reply to send (already encoded, so encoding errors are caught here)."""
+
+    reply: Reply
+    body: bytes
+    runtime: float
+
+
+def exception_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def failure(task_id: str, exc: BaseException) -> Reply:
+    return Reply(
+        task_id=task_id,
+        ok=False,
+        exc_type=exception_type_name(exc),
+        exc_message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def run_task(task: Task, message: TaskMessage, queue: str) -> Outcome:
+    """Call the task's function with the message's arguments, catching everything it raises.
+
+    Runs on the child's task thread; structlog context is bound here so the task's own
+    log lines carry the task name, id, queue, pid and attempt.
+    """
+    structlog.contextvars.bind_contextvars(
+        task=message.task, task_id=message.id, queue=queue, pid=os.getpid(), attempt=message.attempts + 1
+    )
+    started = time.monotonic()
+    try:
+        try:
+            reply = Reply(task_id=message.id, ok=True, result=task.function(*message.args, **message.kwargs))
+        except Exception as exc:
+            reply = failure(message.id, exc)
+        try:
+            body = reply.body()
+        except EncodeError as exc:
+            reply = failure(message.id, exc)
+            body = reply.body()
+        return Outcome(reply=reply, body=body, runtime=time.monotonic() - started)
+    finally:
+        structlog.contextvars.clear_contextvars()

@@ -1,0 +1,114 @@
+"""The supervisor: starts N children, replaces the ones that die, and stops them on a signal.
+
+It never connects to the broker itself: a crash-looping child can't take the supervisor
+down, and the children are forked from a process that holds no sockets or threads.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from taskq.app import App
+from taskq.worker.child import child_main
+
+log = structlog.get_logger("taskq.worker")
+
+RESTART_BACKOFF = 1.0  # a child that died younger than this is restarted after a pause
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    queues: list[str]
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass
+class ChildProcess:
+    process: Any  # multiprocessing.Process
+    started_at: float
+
+
+class Supervisor:
+    """Keeps ``concurrency`` children alive until a signal says stop."""
+
+    def __init__(self, app: App, options: WorkerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.children: dict[int, ChildProcess] = {}
+        self.signals_received = 0
+        self._context = multiprocessing.get_context("fork")
+
+    def run(self) -> int:
+        wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wakeup_write)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            for _ in range(self.options.concurrency):
+                self._start_child()
+            while self.children:
+                sentinels = {child.process.sentinel: pid for pid, child in self.children.items()}
+                ready = multiprocessing.connection.wait([*sentinels, wakeup_read], timeout=5.0)
+                if wakeup_read in ready:
+                    os.read(wakeup_read, 512)
+                for sentinel in ready:
+                    if sentinel in sentinels:
+                        self._reap(sentinels[sentinel])
+                if self.signals_received >= 2:
+                    self._kill_children()
+                    return 1
+            return 0
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(wakeup_read)
+            os.close(wakeup_write)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals_received += 1
+        if self.signals_received == 1:
+            log.info("stopping: finishing running tasks (signal again to exit at once)", signal=signal.Signals(signum).name)
+            for child in self.children.values():
+                self._signal_child(child, signal.SIGTERM)
+
+    def _start_child(self) -> None:
+        process = self._context.Process(
+            target=child_main, args=(self.app, self.options.queues), name="taskq-child", daemon=False
+        )
+        process.start()
+        self.children[process.pid] = ChildProcess(process, time.monotonic())
+        log.debug("child started", child_pid=process.pid)
+
+    def _reap(self, pid: int) -> None:
+        child = self.children.pop(pid)
+        child.process.join()
+        exitcode = child.process.exitcode
+        if self.signals_received:
+            log.debug("child stopped", child_pid=pid, exitcode=exitcode)
+            return
+        log.warning("child died, starting another", child_pid=pid, exitcode=exitcode)
+        if time.monotonic() - child.started_at < RESTART_BACKOFF:
+            time.sleep(RESTART_BACKOFF)  # don't fork-bomb on a child that dies at start
+        self._start_child()
+
+    def _kill_children(self) -> None:
+        for child in self.children.values():
+            self._signal_child(child, signal.SIGKILL)
+        for child in self.children.values():
+            child.process.join()
+        self.children.clear()
+
+    @staticmethod
+    def _signal_child(child: ChildProcess, signum: int) -> None:
+        try:
+            os.kill(child.process.pid, signum)
+        except ProcessLookupError:
+            pass
