@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable, overload
 
-from taskq import topology
+from taskq import routing, topology
 from taskq.broker import Broker, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
@@ -39,6 +39,7 @@ class App:
         self.heartbeat = heartbeat
         self.max_priority = max_priority
         self.tasks: dict[str, Task] = {}
+        self.routing = routing.Routing()
         self._explicit_broker_url = broker
         self._broker: Broker | None = None
         self._listener: ReplyListener | None = None
@@ -65,7 +66,9 @@ class App:
 
     def queue(self, name: str):
         """The kombu Queue for a work queue, declared the same way by every side."""
-        return topology.task_queue(name, max_priority=self.max_priority)
+        queue = topology.task_queue(name, max_priority=self.max_priority)
+        queue.bindings = set(self.routing.bindings_for(name))
+        return queue
 
     @property
     def queue_names(self) -> list[str]:
@@ -74,6 +77,7 @@ class App:
         for task in self.tasks.values():
             if task.options.queue not in names:
                 names.append(task.options.queue)
+        names.extend(name for name in self.routing.queue_names if name not in names)
         return names
 
     # -- tasks ---------------------------------------------------------------------------
@@ -83,17 +87,24 @@ class App:
 
     @overload
     def task(
-        self, *, name: str | None = None, queue: str | None = None, ignore_result: bool = False
+        self, *, name: str | None = None, queue: str | None = None, ignore_result: bool = False,
+        exchange: str | None = None, routing_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
-    def task(self, function=None, *, name=None, queue=None, ignore_result=False):
-        """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders")``."""
+    def task(self, function=None, *, name=None, queue=None, ignore_result=False, exchange=None, routing_key=None):
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders")``.
+
+        With ``exchange`` (and ``routing_key``, default the task's name) it is sent through
+        that exchange instead, to whichever queues ``app.bind`` bound to it.
+        """
 
         def register(fn: Callable[..., Any]) -> Task:
             options = TaskOptions(
                 name=name or default_task_name(fn),
                 queue=queue or self.default_queue,
                 ignore_result=ignore_result,
+                exchange=exchange,
+                routing_key=routing_key,
             )
             if options.name in self.tasks:
                 raise ConfigurationError(f"two tasks are named {options.name!r}")
@@ -112,8 +123,14 @@ class App:
         queue: str,
         priority: int | None = None,
         want_result: bool = True,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> AsyncResult:
-        """Publish a task message persistently and wait for the broker's confirm."""
+        """Publish a task message persistently and wait for the broker's confirm.
+
+        Through ``exchange``, the message is mandatory: if no binding matches ``routing_key``
+        the broker returns it and this raises ``Unroutable`` instead of losing the task.
+        """
         listener = None
         properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
         if want_result:
@@ -123,14 +140,11 @@ class App:
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
             properties["priority"] = priority
+        target: dict[str, Any] = {"routing_key": queue, "declare": [self.queue(queue), topology.dead_letter_queue(queue)]}
+        if exchange:
+            target = self._routed_target(exchange, routing_key or message.task)
         try:
-            self.broker.publish(
-                message.body(),
-                routing_key=queue,
-                headers=message.headers(),
-                declare=[self.queue(queue), topology.dead_letter_queue(queue)],
-                **properties,
-            )
+            self.broker.publish(message.body(), headers=message.headers(), **target, **properties)
         except BaseException:
             if listener is not None:
                 listener.forget(message.id)
@@ -151,6 +165,59 @@ class App:
         message = TaskMessage(id=str(uuid.uuid4()), task=name, args=tuple(args), kwargs=dict(kwargs or {}))
         target = queue or (task.options.queue if task else self.default_queue)
         return self.send(message, queue=target, want_result=want_result)
+
+    def _routed_target(self, exchange: str, routing_key: str) -> dict[str, Any]:
+        """Publish arguments for a named exchange: declare it and the app's queues bound to it, so the
+        bindings exist before the first message even if no worker ever ran."""
+        declare: list[Any] = [self.routing.exchange(exchange)]
+        for name in self.routing.queues_bound_to(exchange):
+            declare += [self.queue(name), topology.dead_letter_queue(name)]
+        return {"exchange": exchange, "routing_key": routing_key, "declare": declare, "mandatory": True}
+
+    # -- routing and user events ---------------------------------------------------------
+
+    def bind(self, queue: str, exchange: str, pattern: str, *, exchange_type: str = "topic") -> App:
+        """Bind work queue ``queue`` to ``exchange`` with a routing-key pattern (``*.orange.*``, ``lazy.#``).
+
+        Workers of this app then consume ``queue`` and declare the binding when they start.
+        """
+        self.routing.bind(queue, exchange, pattern, exchange_type)
+        return self
+
+    def on(self, pattern: str, *, group: str | None = None) -> Callable[[Callable[[str, Any], Any]], Callable[[str, Any], Any]]:
+        """Run the decorated ``handler(topic, payload)`` for every user event matching ``pattern``.
+
+        Each ``group`` (default: the app's name) has its own durable queue ``events.<group>``,
+        so every group gets each event once, and the group's workers share the work.
+        """
+
+        def register(function: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+            group_name = group or self.name
+            queue = self.routing.add_handler(pattern, group_name, function)
+            if queue not in self.tasks:
+                options = TaskOptions(name=queue, queue=queue, ignore_result=True)
+                self.tasks[queue] = Task(self, self.routing.dispatcher(group_name), options)
+            return function
+
+        return register
+
+    def publish(self, topic: str, payload: Any = None) -> str:
+        """Publish a user event on the ``taskq.events`` topic exchange: persistent, confirmed.
+
+        Returns the event's id. Groups whose queue exists get it, whether their workers run now
+        or later; an event no group is bound for is dropped, as pub/sub means.
+        """
+        message = TaskMessage(id=str(uuid.uuid4()), task=routing.EVENT_TASK, args=(topic, payload))
+        own_queues = [self.queue(name) for name in self.routing.queues_bound_to(topology.EVENTS_EXCHANGE)]
+        self.broker.publish(
+            message.body(),
+            exchange=topology.EVENTS_EXCHANGE,
+            routing_key=topic,
+            headers={**message.headers(), "topic": topic},
+            declare=[topology.events_exchange(), *own_queues],
+            message_id=message.id,
+        )
+        return message.id
 
     def _reply_listener(self) -> ReplyListener:
         with self._lock:

@@ -13,14 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from amqp.exceptions import MessageNacked
+import amqp
+from amqp.exceptions import ChannelError, MessageNacked
 from kombu import Connection, Producer, Queue
 from kombu.utils.url import maybe_sanitize_url
 
-from taskq.errors import PublishError
+from taskq.errors import PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
 PERSISTENT = 2
 TRANSIENT = 1
 
@@ -124,6 +126,17 @@ class Broker:
                             **properties,
                         )
                         return
+                    except ChannelError as exc:
+                        if exc.reply_code != NO_ROUTE:
+                            connection.collect()
+                            raise
+                        # Retrying can't help: no queue is bound for this key. The confirm
+                        # for the returned message is still in flight, so drop the connection.
+                        connection.collect()
+                        raise Unroutable(
+                            f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}; "
+                            "the message was returned, not queued"
+                        ) from None
                     except (MessageNacked, *self.connection_errors):
                         # Drop the broken connection; the pool reconnects it on next use.
                         connection.collect()
@@ -182,6 +195,25 @@ def publish_on(
         retry=False,
         confirm_timeout=confirm_timeout,
         **properties,
+    )
+
+
+def publish_unconfirmed(
+    channel: Any, body: bytes, *, exchange: str, routing_key: str, content_type: str, headers: dict[str, Any] | None = None
+) -> None:
+    """Publish a transient message without waiting for a confirm: for broadcasts, where speed
+    matters more than a line that a broker crash may lose.
+
+    The worker's connections have confirm mode on for every channel; py-amqp's class-level
+    ``basic_publish`` is the plain publish underneath that per-channel switch.
+    """
+    if isinstance(channel, amqp.Channel):
+        message = amqp.Message(body, content_type=content_type, delivery_mode=TRANSIENT, application_headers=headers or {})
+        amqp.Channel.basic_publish(channel, message, exchange=exchange, routing_key=routing_key)
+        return
+    Producer(channel, auto_declare=False).publish(  # another transport (memory://): no confirms there anyway
+        body, exchange=exchange, routing_key=routing_key, content_type=content_type,
+        content_encoding="utf-8", delivery_mode=TRANSIENT, headers=headers or {}, retry=False,
     )
 
 

@@ -83,5 +83,11 @@ def banner(app: App, options) -> str:
     )
 
 
+from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status, purge, call: their own module)
+
+for _command in OPERATOR_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":
     main()

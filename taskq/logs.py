@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -29,6 +30,7 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_pid,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -39,6 +41,12 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr, force=True)
+
+
+def add_pid(logger: object, method_name: str, event_dict: dict) -> dict:
+    """Every line names its process: the supervisor's own lines and a child's lines outside any task too."""
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
 
 
 def get_logger(**initial_values: object) -> structlog.typing.FilteringBoundLogger:

@@ -23,6 +23,8 @@ class TaskOptions:
     name: str
     queue: str
     ignore_result: bool = False
+    exchange: str | None = None  # a named exchange instead of the queue (see App.bind)
+    routing_key: str | None = None  # with ``exchange``; default the task's name
 
 
 class Task:
@@ -57,6 +59,7 @@ class Task:
         priority: int | None = None,
         expires: float | dt.datetime | None = None,
         task_id: str | None = None,
+        routing_key: str | None = None,
     ) -> AsyncResult:
         """Send with options. ``expires`` is seconds from now or an aware datetime: a message
         reaching a worker later than that is dead-lettered with reason ``expired``."""
@@ -72,6 +75,8 @@ class Task:
             queue=queue or self.options.queue,
             priority=priority,
             want_result=not self.options.ignore_result,
+            exchange=None if queue else self.options.exchange,
+            routing_key=routing_key or self.options.routing_key,
         )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from kombu import Connection, Consumer
 
-from taskq import topology
+from taskq import events, routing, topology
 from taskq.app import App
 from taskq.broker import publish_on
 from taskq.message import InvalidMessage, TaskMessage, decode_task
@@ -112,8 +112,10 @@ class ChildWorker:
             )
             consumer.consume()
             consumers.append(consumer)
+        events.attach(connection)
         log.info("consuming", queues=self.queue_names, pid=os.getpid())
         while not self.stopping:
+            events.tick()
             if self._inbox:
                 self._handle(connection, publish_channel, self._inbox.pop(0))
                 continue
@@ -128,6 +130,7 @@ class ChildWorker:
         for delivery in self._inbox:
             delivery.message.requeue()
         self._inbox.clear()
+        events.detach()
         connection.release()
 
     def _receiver(self, queue_name: str):
@@ -139,12 +142,15 @@ class ChildWorker:
     def _handle(self, connection: Connection, publish_channel: Any, delivery: Delivery) -> None:
         message = delivery.message
         try:
-            task_message = decode_task(message.body, message.content_type, message.headers, message.properties)
+            task_message = routing.address(
+                decode_task(message.body, message.content_type, message.headers, message.properties), delivery.queue
+            )
             if task_message.task not in self.app.tasks:
                 raise InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
         except InvalidMessage as exc:
             self._dead_letter(publish_channel, connection, delivery, exc.reason, exc.detail)
             return
+        events.task_received(task_message, delivery.queue)
         if task_message.is_expired():
             self._dead_letter(publish_channel, connection, delivery, "expired", "arrived after its expiry time")
             return
@@ -154,6 +160,7 @@ class ChildWorker:
         task = self.app.tasks[task_message.task]
         bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
         bound.info("task started")
+        events.task_started(task_message, delivery.queue)
         future = self._executor.submit(run_task, task, task_message, delivery.queue)
         while True:
             try:
@@ -161,6 +168,10 @@ class ChildWorker:
                 break
             except FutureTimeout:
                 keep_connection_alive(connection)
+                events.tick()
+        events.task_finished(
+            task_message, delivery.queue, outcome.reply.ok, outcome.runtime, outcome.reply.exc_type, outcome.reply.exc_message
+        )
         if outcome.reply.ok:
             bound.info("task succeeded", runtime=round(outcome.runtime, 6))
         else:
@@ -209,8 +220,11 @@ class ChildWorker:
             **properties,
         )
         message.ack()
+        events.task_dead_lettered(delivery.queue, reason, detail, message.headers)
         log.error(
             "message dead-lettered",
+            task=headers.get("task"),
+            task_id=headers.get("id"),
             reason=reason,
             detail=detail,
             queue=delivery.queue,
@@ -231,6 +245,7 @@ def keep_connection_alive(connection: Connection) -> None:
 def child_main(app: App, queue_names: list[str]) -> None:
     """Entry point of a forked child process."""
     app.forget_connections_after_fork()
+    events.install(app, queue_names)
     worker = ChildWorker(app, queue_names)
     worker.install_signal_handlers()
     os._exit(worker.run())
