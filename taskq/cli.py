@@ -10,6 +10,7 @@ import click
 
 from taskq import __version__
 from taskq.app import App
+from taskq.cli_ops import OPERATOR_COMMANDS, OneLineErrorsGroup
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
 from taskq.logs import LEVELS, configure_logging
@@ -41,7 +42,7 @@ broker_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="taskq")
 def main() -> None:
     """taskq: background jobs on RabbitMQ."""
@@ -82,10 +83,7 @@ def banner(app: App, options) -> str:
         f"  tasks:\n{tasks}"
     )
 
-
-from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status, purge, call: their own module)
-
-for _command in OPERATOR_COMMANDS:
+for _command in OPERATOR_COMMANDS:  # logs, events, status, purge, call: kept in cli_ops.py
     main.add_command(_command)
 
 

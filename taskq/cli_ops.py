@@ -24,6 +24,33 @@ from taskq.message import unpack
 from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription
 
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrorsGroup(click.Group):
+    """The ``taskq`` group: a usage mistake (a typo'd command or option, a bad value) is one
+    line on stderr and exit 2, like every ``UserError``, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except NO_ARGS_IS_HELP as exc:  # bare ``taskq``: the help, as click would show it
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (try '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 def _cli():
     import taskq.cli
 
@@ -102,12 +129,12 @@ class LogPrinter:
             record = json.loads(message.body)
         except ValueError:
             return
+        if self.app_name and record.get("app") != self.app_name:
+            return
         self.received += 1
         missed = self.gaps.see((record.get("host", "?"), record.get("pid", 0)), record.get("seq"))
         if missed:
             click.echo(f"taskq logs: missed {missed} lines from {record.get('host')} pid {record.get('pid')}", err=True)
-        if self.app_name and record.get("app") != self.app_name:
-            return
         if self.task and record.get("task") != self.task:
             return
         level = record.get("level", "info")

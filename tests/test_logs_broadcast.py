@@ -1,0 +1,93 @@
+"""Worker log records over the taskq.logs fanout, read by real ``taskq logs`` subprocesses."""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+
+import pytest
+
+from taskq import TaskError
+from tests.cli_helpers import FAST_HEARTBEATS, rabbitmqctl_queues, delete_prefixed_entities, evapp, listeners  # noqa: F401 (fixtures)
+from tests.conftest import wait_until
+from tests.event_apps import boom, chatty
+
+pytestmark = pytest.mark.broker
+APP = "tests.event_apps:app"
+
+
+def summary(stderr: str) -> tuple[int, int]:
+    received, missed = re.search(r"received (\d+) lines, missed (\d+)", stderr).groups()
+    return int(received), int(missed)
+
+
+def test_every_subscriber_gets_every_line_with_the_task_context(evapp, queue_name, start_worker, listeners, tmp_path):
+    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    log_file = tmp_path / "worker-lines.jsonl"
+    log_file.write_text("")  # --output appends
+    to_file = listeners("logs", "-A", APP, "--json", "--output", str(log_file), name="to-file")
+    to_screen = listeners("logs", "-A", APP, "--json", name="to-screen")
+    warnings = listeners("logs", "-A", APP, "--json", "--level", "warning", "--task", chatty.name, name="warnings")
+    tag = uuid.uuid4().hex
+    assert chatty.apply_async((30, tag), queue=queue_name).get(timeout=20) == 30
+    assert chatty.apply_async((3, tag, "warning"), queue=queue_name).get(timeout=20) == 3
+    with pytest.raises(TaskError):
+        boom.apply_async(("kaput",), queue=queue_name).get(timeout=20)
+
+    def read_file():
+        return to_file.json_lines(log_file.read_text())
+
+    def has_failure(lines):
+        return any(line["event"] == "task failed" and line["task"] == boom.name for line in lines)
+
+    wait_until(lambda: has_failure(read_file()) and has_failure(to_screen.json_lines()), what="the failure line everywhere")
+    wait_until(lambda: len(warnings.json_lines()) >= 3, what="three warnings")
+    for listener in (to_file, to_screen, warnings):
+        assert summary(listener.stop())[1] == 0
+
+    file_lines, screen_lines = read_file(), to_screen.json_lines()
+    assert file_lines == screen_lines  # the same lines, in the same order
+    [child_pid] = worker.child_pids()
+    chatty_lines = [line for line in file_lines if line.get("tag") == tag]
+    assert [(line["level"], line["index"]) for line in chatty_lines] == [("info", i) for i in range(30)] + [("warning", i) for i in range(3)]
+    for line in chatty_lines:
+        assert line["task"] == chatty.name and line["queue"] == queue_name and line["attempt"] == 1
+        assert line["pid"] == child_pid and line["app"] == "evtests" and isinstance(line["seq"], int)
+    seqs = [line["seq"] for line in file_lines if line["pid"] == child_pid]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost on the way
+
+    succeeded = [line for line in file_lines if line["event"] == "task succeeded" and line["task"] == chatty.name]
+    assert len(succeeded) == 2 and all(line["runtime"] >= 0 and line["pid"] == child_pid for line in succeeded)
+    [failed] = [line for line in file_lines if line["event"] == "task failed"]
+    assert failed["exc_type"] == "ValueError" and failed["exc_message"] == "kaput" and failed["task_id"]
+
+    assert [(line["level"], line["index"]) for line in warnings.json_lines()] == [("warning", i) for i in range(3)]
+
+
+def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, queue_name, start_worker, listeners):
+    start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    keeping_up = listeners("logs", "-A", APP, "--json", name="keeping-up")
+    slow = listeners("logs", "-A", APP, "--json", "--max-length", "5", name="slow")
+    slow.process.send_signal(signal.SIGSTOP)
+    tag = uuid.uuid4().hex
+    try:
+        chatty.apply_async((300, tag), queue=queue_name).get(timeout=30)
+        # The fanout enqueues every line in both queues at once: when the listener that keeps
+        # up has the last line, the stopped one's queue has had all of them.
+        wait_until(
+            lambda: any(line["event"] == "task succeeded" for line in keeping_up.json_lines()), what="the last line"
+        )
+        # x-max-length: the broker kept only the newest (an exclusive queue: only rabbitmqctl may look)
+        assert rabbitmqctl_queues()[slow.queue_name][0] == 5
+    finally:
+        slow.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: any(line["event"] == "task succeeded" for line in slow.json_lines()), what="slow catching up")
+    received, missed = summary(slow.stop())
+    lines = slow.json_lines()
+    assert received == len(lines)
+    span = lines[-1]["seq"] - lines[0]["seq"] + 1
+    assert missed == span - received
+    assert missed >= 300 - 100 - 5  # at most its prefetch plus its queue survived
+    assert re.search(rf"missed {missed} lines from \S+ pid \d+", slow.stderr())
+    assert summary(keeping_up.stop())[1] == 0
