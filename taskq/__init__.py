@@ -8,6 +8,7 @@ from taskq.errors import (
     ResultLost,
     TaskError,
     TaskqError,
+    Unroutable,
 )
 from taskq.logs import get_logger
 from taskq.results import AsyncResult
@@ -25,5 +26,6 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskqError",
+    "Unroutable",
     "get_logger",
 ]
