@@ -7,11 +7,12 @@ each other while loading.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import click
 import structlog
@@ -101,11 +102,18 @@ class StopFlag:
         return self.stopped
 
 
-def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, **kwargs: Any) -> None:
+@contextlib.contextmanager
+def broker_errors(app: App) -> Iterator[None]:
+    """A broker that is down or refuses us is one line and exit 1, not a traceback."""
     try:
-        subscription.run(on_message, should_stop=stop, **kwargs)
+        yield
     except app.broker.connection_errors as exc:
         raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
+
+
+def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, **kwargs: Any) -> None:
+    with broker_errors(app):
+        subscription.run(on_message, should_stop=stop, **kwargs)
 
 
 # -- logs ---------------------------------------------------------------------------------
@@ -217,21 +225,21 @@ def events(pattern: str, app_path: str | None, broker: str | None, as_json: bool
 @click.command()
 @required_app_option
 @broker_option
+@click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="These queues (default: all of the app's).")
 @click.option("--wait", "listen", type=click.FloatRange(min=0.1), default=4.5, show_default=True,
               help="Seconds to listen for worker heartbeats (at least two heartbeat intervals).")
 @click.option("--counts", type=click.Choice(["auto", "rabbitmqctl", "amqp"]), default="auto", show_default=True,
               help="Where queue numbers come from: rabbitmqctl on the broker's host, else AMQP plus heartbeats.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
-def status(app_path: str, broker: str | None, listen: float, counts: str, as_json: bool) -> None:
-    """Queues (ready, unacked, consumers) and live workers of an app."""
+def status(app_path: str, broker: str | None, queues: str | None, listen: float, counts: str, as_json: bool) -> None:
+    """Queues (ready, unacked, consumers, with their dead-letter queues) and live workers of an app."""
     from taskq.status import collect_status
 
     app = load(app_path, broker)
+    queue_names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     stop = StopFlag()
-    try:
-        report = collect_status(app, listen=listen, counts=counts, should_stop=stop)
-    except app.broker.connection_errors as exc:
-        raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
+    with broker_errors(app):
+        report = collect_status(app, listen=listen, counts=counts, queue_names=queue_names, should_stop=stop)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
@@ -265,7 +273,7 @@ def status(app_path: str, broker: str | None, listen: float, counts: str, as_jso
 def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
     """Delete every ready message in QUEUE (messages being worked on are not touched)."""
     app = load(app_path, broker)
-    with app.broker.connect() as connection:
+    with broker_errors(app), app.broker.connect() as connection:
         channel = connection.channel()
         try:
             _, ready, _ = channel.queue_declare(queue=queue, passive=True)

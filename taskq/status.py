@@ -75,9 +75,9 @@ class Status:
         return asdict(self)
 
 
-def status_queue_names(app: App) -> list[str]:
+def with_dead_letter_queues(queue_names: list[str]) -> list[str]:
     names: list[str] = []
-    for name in app.queue_names:
+    for name in queue_names:
         names += [name, topology.dead_letter_queue_name(name)]
     return names
 
@@ -180,9 +180,11 @@ def listen_for_workers(app: App, duration: float, *, should_stop=lambda: False) 
     return workers
 
 
-def collect_status(app: App, *, listen: float, counts: str = "auto", should_stop=lambda: False) -> Status:
+def collect_status(
+    app: App, *, listen: float, counts: str = "auto", queue_names: list[str] | None = None, should_stop=lambda: False
+) -> Status:
     """Listen for heartbeats, and meanwhile ask for the queue numbers from the best honest source."""
-    names = status_queue_names(app)
+    names = with_dead_letter_queues(queue_names or app.queue_names)
     notes: list[str] = []
     process = start_rabbitmqctl(app.broker.url) if counts in ("auto", "rabbitmqctl") else None
     if counts == "rabbitmqctl" and process is None:
