@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer, Queue
+from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq.errors import PublishError
@@ -69,6 +70,7 @@ class Broker:
         self.connection_errors: tuple[type[BaseException], ...] = (
             *probe.connection_errors,
             *probe.channel_errors,
+            OperationalError,  # kombu's wrapper for a failed (re)connect
             OSError,
         )
 
