@@ -65,7 +65,7 @@ class Broker:
         self._pool = None
         self._lock = threading.Lock()
         probe = Connection(url)
-        self.is_amqp = probe.transport.driver_type == "amqp"
+        self.driver_type: str = probe.transport.driver_type
         # Errors after which the connection is suspect and a retry on a fresh one may work.
         self.connection_errors: tuple[type[BaseException], ...] = (
             *probe.connection_errors,
@@ -80,11 +80,11 @@ class Broker:
 
     def connect(self, *, heartbeat: float = 0) -> Connection:
         """A new connection with publisher confirms on; the caller owns it and closes it."""
-        return Connection(
-            self.url,
-            heartbeat=heartbeat,
-            transport_options={"confirm_publish": True},
-        )
+        options: dict[str, Any] = {"confirm_publish": True}
+        if self.driver_type == "memory":
+            # kombu's in-memory transport polls its queues, once a second by default.
+            options["polling_interval"] = 0.005
+        return Connection(self.url, heartbeat=heartbeat, transport_options=options)
 
     def _connection_pool(self):
         with self._lock:
