@@ -56,3 +56,15 @@ def test_memory_broker_is_reset_between_uses():
             assert worker.child.idle_ticks >= 2
     finally:
         tests_app.close()
+
+
+def test_docs_example_expired_task_is_dead_lettered(taskq_memory_app, taskq_worker, tmp_path):
+    from freezegun import freeze_time
+
+    with freeze_time("2020-01-01"):
+        record_quietly.apply_async((str(tmp_path / "log"), "late"), expires=60)
+    taskq_worker.wait_until_idle()
+    assert not (tmp_path / "log").exists()
+    with taskq_memory_app.broker.connect() as connection:
+        message = connection.default_channel.basic_get("default.dead", no_ack=True)
+    assert message.headers["reason"] == "expired"
