@@ -203,3 +203,14 @@ def test_banner_shows_app_masked_broker_queues_and_concurrency(broker_url, queue
     assert f"queues:      {queue_name}" in log
     assert "concurrency: 2" in log
     assert "guest:guest" not in log
+
+
+def test_map_sends_a_burst_with_pipelined_confirms(app, queue_name, start_worker, amqp, tmp_path):
+    log = tmp_path / "log"
+    quiet = record_quietly.map([(str(log), str(i)) for i in range(2500)], queue=queue_name)
+    assert len(quiet) == 2500
+    assert queue_state(amqp, queue_name)[0] == 2500  # every one confirmed before map returned
+    start_worker([queue_name], concurrency=2)
+    results = add.map([(i, i) for i in range(100)], queue=queue_name)
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(100)]
+    assert sorted(int(line.split()[1]) for line in log.read_text().splitlines()) == list(range(2500))
