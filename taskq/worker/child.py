@@ -239,4 +239,7 @@ def child_main(app: App, queue_names: list[str]) -> None:
     app.forget_connections_after_fork()
     worker = ChildWorker(app, queue_names)
     worker.install_signal_handlers()
+    # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
+    # delivered now, to our own handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     os._exit(worker.run())
