@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, Callable, overload
 
 from taskq import routing, topology
-from taskq.broker import Broker, resolve_broker_url
+from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.results import AsyncResult, ReplyListener
@@ -150,6 +150,30 @@ class App:
                 listener.forget(message.id)
             raise
         return AsyncResult(message.id, message.task, listener)
+
+    def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool = True) -> list[AsyncResult]:
+        """Publish a burst of task messages to one queue with pipelined confirms.
+
+        Returns once the broker confirmed every one of them (or raises PublishError).
+        """
+        listener = self._reply_listener() if want_result else None
+        reply_to = listener.reply_to() if listener is not None else None
+        outgoing = []
+        for message in messages:
+            properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
+            if listener is not None:
+                message = replace(message, reply_to=reply_to)
+                properties["reply_to"] = reply_to
+                listener.expect(message.id)
+            outgoing.append(Outgoing(message.body(), queue, message.headers(), properties))
+        try:
+            self.broker.publish_many(outgoing, declare=[self.queue(queue), topology.dead_letter_queue(queue)])
+        except BaseException:
+            if listener is not None:
+                for message in messages:
+                    listener.forget(message.id)
+            raise
+        return [AsyncResult(message.id, message.task, listener) for message in messages]
 
     def send_task(
         self,

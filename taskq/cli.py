@@ -58,12 +58,21 @@ def main() -> None:
     "--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
     help="console on a TTY, JSON lines otherwise, unless set.",
 )
-def worker(app_path: str, queues: str | None, concurrency: int | None, broker: str | None, loglevel: str, log_format: str) -> None:
+@click.option(
+    "--heartbeat", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="AMQP heartbeat interval of the children's connections (default: the app's, 30).",
+)
+def worker(
+    app_path: str, queues: str | None, concurrency: int | None, broker: str | None,
+    loglevel: str, log_format: str, heartbeat: float | None,
+) -> None:
     """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
     from taskq.worker import Supervisor, WorkerOptions
 
     configure_logging(loglevel, log_format)
     app = app_from_option(app_path, broker)
+    if heartbeat is not None:
+        app.heartbeat = heartbeat
     queue_names = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queue_names
     if not queue_names:
         raise UserError("-Q: no queue names given")

@@ -42,10 +42,14 @@ class Delivery:
 class ChildWorker:
     """Consumes from the given queues until told to stop; survives broker restarts."""
 
-    def __init__(self, app: App, queue_names: list[str]) -> None:
+    def __init__(self, app: App, queue_names: list[str], tick: float = TICK) -> None:
         self.app = app
         self.queue_names = queue_names
+        self.tick = tick
         self.stopping = False
+        # Incremented each time a wait for messages comes back empty-handed; lets an
+        # in-process test worker tell "idle" without racing the consumer (testing.py).
+        self.idle_ticks = 0
         self._inbox: list[Delivery] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
 
@@ -99,8 +103,9 @@ class ChildWorker:
         # Prefetch 1 per channel (global) *and* per consumer, before consuming starts:
         # RabbitMQ then never hands this child a second message while one is unacked,
         # whichever of its queues it comes from, and list_consumers shows prefetch 1.
-        consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=True)
-        consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=False)
+        # (Positional arguments: py-amqp and kombu's virtual transports name the flag differently.)
+        consume_channel.basic_qos(0, 1, True)
+        consume_channel.basic_qos(0, 1, False)
         publish_channel = connection.channel()
         consumers = []
         for name in self.queue_names:
@@ -120,8 +125,9 @@ class ChildWorker:
                 self._handle(connection, publish_channel, self._inbox.pop(0))
                 continue
             try:
-                connection.drain_events(timeout=TICK)
+                connection.drain_events(timeout=self.tick)
             except socket.timeout:
+                self.idle_ticks += 1
                 connection.heartbeat_check()
         for consumer in consumers:
             consumer.cancel()
@@ -248,4 +254,7 @@ def child_main(app: App, queue_names: list[str]) -> None:
     events.install(app, queue_names)
     worker = ChildWorker(app, queue_names)
     worker.install_signal_handlers()
+    # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
+    # delivered now, to our own handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     os._exit(worker.run())
