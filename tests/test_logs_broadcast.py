@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import uuid
@@ -91,3 +92,15 @@ def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, qu
     assert missed >= 300 - 100 - 5  # at most its prefetch plus its queue survived
     assert re.search(rf"missed {missed} lines from \S+ pid \d+", slow.stderr())
     assert summary(keeping_up.stop())[1] == 0
+
+
+def test_children_sharing_stderr_never_split_a_json_line(evapp, queue_name, start_worker):
+    worker = start_worker([queue_name], 2, app=APP)
+    tag = uuid.uuid4().hex
+    results = [chatty.apply_async((400, tag), queue=queue_name) for _ in range(4)]
+    assert [result.get(timeout=60) for result in results] == [400] * 4
+    worker.stop()
+    records = [line for line in worker.log().splitlines() if line.startswith("{") or not line.strip()]
+    assert all(line.strip() for line in records), "a blank line: two records were interleaved"
+    parsed = [json.loads(line) for line in records]
+    assert sum(record.get("tag") == tag for record in parsed) == 1600
