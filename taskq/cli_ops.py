@@ -22,7 +22,7 @@ from taskq.app import App
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
-from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription
+from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, records
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -83,7 +83,8 @@ broker_option = click.option(
 )
 max_length_option = click.option(
     "--max-length", type=click.IntRange(min=1), default=DEFAULT_MAX_LENGTH, show_default=True,
-    help="Lines the broker holds for this listener while it is behind; older ones are dropped and counted.",
+    help="Messages the broker holds for this listener while it is behind (a worker batches up to 500 lines "
+    "in one); older ones are dropped, and counted.",
 )
 
 
@@ -133,10 +134,11 @@ class LogPrinter:
         self.received = 0
 
     def __call__(self, message: Any) -> None:
-        try:
-            record = json.loads(message.body)
-        except ValueError:
-            return
+        for record in records(message):
+            self.write(record)
+        self.out.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
         if self.app_name and record.get("app") != self.app_name:
             return
         self.received += 1
@@ -150,7 +152,6 @@ class LogPrinter:
             return
         line = json.dumps(record) if self.as_json else self.renderer(None, level, dict(record))
         self.out.write(line + "\n")
-        self.out.flush()
 
 
 @click.command()

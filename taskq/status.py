@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from taskq import topology
-from taskq.subscriber import Subscription
+from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -145,21 +145,17 @@ def amqp_counts(app: App, names: list[str], workers: list[WorkerInfo]) -> list[Q
 def listen_for_workers(app: App, duration: float, *, should_stop=lambda: False) -> list[WorkerInfo]:
     """Heartbeats (and online/offline) of this app's workers during ``duration`` seconds."""
     latest: dict[tuple[str, int], WorkerInfo] = {}
-    gone: set[tuple[str, int]] = set()
 
     def on_message(message: Any) -> None:
-        try:
-            record = json.loads(message.body)
-        except ValueError:
-            return
-        if record.get("app") != app.name:
-            return
+        for record in records(message):
+            if record.get("app") == app.name:
+                note(record)
+
+    def note(record: dict[str, Any]) -> None:
         key = (record.get("host", "?"), int(record.get("pid", 0)))
         if record.get("event") == "worker.offline":
-            gone.add(key)
             latest.pop(key, None)
             return
-        gone.discard(key)
         latest[key] = WorkerInfo(
             host=key[0],
             pid=key[1],

@@ -8,10 +8,11 @@ falls behind loses its oldest lines; the workers never notice.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kombu import Consumer, Exchange
 
@@ -22,6 +23,17 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_LENGTH = 10_000
 PREFETCH = 100  # acked one by one: a stopped listener holds at most this many besides its queue
+
+
+def records(message: Any) -> Iterator[dict[str, Any]]:
+    """The records of one broadcast message: JSON lines, several per message (workers batch them)."""
+    for line in message.body.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # not ours, or cut: skip the line, keep the rest
+            continue
+        if isinstance(record, dict):
+            yield record
 
 
 @dataclass
