@@ -140,9 +140,10 @@ class App:
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
             properties["priority"] = priority
-        target: dict[str, Any] = {"routing_key": queue, "declare": [self.queue(queue), topology.dead_letter_queue(queue)]}
         if exchange:
             target = self._routed_target(exchange, routing_key or message.task)
+        else:
+            target = {"routing_key": queue, "declare": [self.queue(queue), topology.dead_letter_queue(queue)]}
         try:
             self.broker.publish(message.body(), headers=message.headers(), **target, **properties)
         except BaseException:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 import click
 
 from taskq import __version__
 from taskq.app import App
-from taskq.cli_ops import OPERATOR_COMMANDS, OneLineErrorsGroup
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
 from taskq.logs import LEVELS, configure_logging
@@ -40,6 +40,33 @@ broker_option = click.option(
     "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
     help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
 )
+
+
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrorsGroup(click.Group):
+    """The ``taskq`` group: a usage mistake (a typo'd command or option, a bad value) is one
+    line on stderr and exit 2, like every ``UserError``, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except NO_ARGS_IS_HELP as exc:  # bare ``taskq``: the help, as click would show it
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (try '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 @click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +119,10 @@ def banner(app: App, options) -> str:
         f"  tasks:\n{tasks}"
     )
 
-for _command in OPERATOR_COMMANDS:  # logs, events, status, purge, call: kept in cli_ops.py
+
+from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status, purge, call; defined beside)
+
+for _command in OPERATOR_COMMANDS:
     main.add_command(_command)
 
 

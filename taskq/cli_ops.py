@@ -1,8 +1,7 @@
 """The operator's commands: logs, events, status, purge, call.
 
-Registered on the ``taskq`` group by cli.py. They reach cli.py's ``UserError`` and app
-loader through ``_cli()`` when they run, not at import, so the two modules never import
-each other while loading.
+Registered on the ``taskq`` group by cli.py, which imports this module after defining
+what it shares (``UserError``, the app loader, the common options).
 """
 
 from __future__ import annotations
@@ -19,53 +18,17 @@ import structlog
 
 from taskq import topology
 from taskq.app import App
+from taskq.cli import UserError, app_from_option, app_option, broker_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
 from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, records
 
 
-NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
-
-
-class OneLineErrorsGroup(click.Group):
-    """The ``taskq`` group: a usage mistake (a typo'd command or option, a bad value) is one
-    line on stderr and exit 2, like every ``UserError``, instead of click's usage block."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            result = super().main(*args, **kwargs)
-        except NO_ARGS_IS_HELP as exc:  # bare ``taskq``: the help, as click would show it
-            click.echo(exc.format_message(), err=True)
-            sys.exit(exc.exit_code)
-        except click.UsageError as exc:
-            hint = f" (try '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
-            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(result if isinstance(result, int) else 0)
-
-
-def _cli():
-    import taskq.cli
-
-    return taskq.cli
-
-
-def user_error(message: str) -> click.ClickException:
-    return _cli().UserError(message)
-
-
 def load(app_path: str | None, broker: str | None) -> App:
     """The -A app, or a bare App on the broker given, for commands that only need a broker."""
     if app_path:
-        return _cli().app_from_option(app_path, broker)
+        return app_from_option(app_path, broker)
     return App(broker=broker)
 
 
@@ -73,14 +36,6 @@ def optional_app_option(help_text: str):
     return click.option("-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP", help=help_text)
 
 
-required_app_option = click.option(
-    "-A", "--app", "app_path", envvar="TASKQ_APP", required=True, metavar="MODULE:APP",
-    help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
-)
-broker_option = click.option(
-    "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
-    help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
-)
 max_length_option = click.option(
     "--max-length", type=click.IntRange(min=1), default=DEFAULT_MAX_LENGTH, show_default=True,
     help="Messages the broker holds for this listener while it is behind (a worker batches up to 500 lines "
@@ -224,7 +179,7 @@ def events(pattern: str, app_path: str | None, broker: str | None, as_json: bool
 
 
 @click.command()
-@required_app_option
+@app_option
 @broker_option
 @click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="These queues (default: all of the app's).")
 @click.option("--wait", "listen", type=click.FloatRange(min=0.1), default=4.5, show_default=True,
@@ -279,7 +234,7 @@ def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> No
         try:
             _, ready, _ = channel.queue_declare(queue=queue, passive=True)
         except connection.channel_errors:
-            raise user_error(f"no queue named {queue!r} on {app.broker.masked_url}") from None
+            raise UserError(f"no queue named {queue!r} on {app.broker.masked_url}") from None
         if not yes:
             click.confirm(f"Delete the {ready} ready messages in {queue!r}?", abort=True)
         purged = channel.queue_purge(queue)
@@ -293,15 +248,15 @@ def parse_json(option: str, text: str, expected: type) -> Any:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise user_error(f"{option}: not JSON: {exc}") from None
+        raise UserError(f"{option}: not JSON: {exc}") from None
     if not isinstance(value, expected):
-        raise user_error(f"{option}: expected a JSON {'array' if expected is list else 'object'}")
+        raise UserError(f"{option}: expected a JSON {'array' if expected is list else 'object'}")
     return value
 
 
 @click.command()
 @click.argument("task_name", metavar="TASK")
-@required_app_option
+@app_option
 @broker_option
 @click.option("--args", "args_json", default="[]", metavar="JSON", help="Positional arguments, a JSON array.")
 @click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Keyword arguments, a JSON object.")
@@ -315,7 +270,7 @@ def call(task_name: str, app_path: str, broker: str | None, args_json: str, kwar
     app = load(app_path, broker)
     task = app.tasks.get(task_name)
     if task is None and queue is None:
-        raise user_error(f"no task named {task_name!r} in app {app.name}; pass --queue to send it anyway")
+        raise UserError(f"no task named {task_name!r} in app {app.name}; pass --queue to send it anyway")
     try:
         if task is not None:
             result = task.apply_async(args, kwargs, queue=queue)
@@ -331,7 +286,7 @@ def call(task_name: str, app_path: str, broker: str | None, args_json: str, kwar
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
     except Unroutable as exc:
-        raise user_error(str(exc)) from None
+        raise UserError(str(exc)) from None
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

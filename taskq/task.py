@@ -62,7 +62,9 @@ class Task:
         routing_key: str | None = None,
     ) -> AsyncResult:
         """Send with options. ``expires`` is seconds from now or an aware datetime: a message
-        reaching a worker later than that is dead-lettered with reason ``expired``."""
+        reaching a worker later than that is dead-lettered with reason ``expired``.
+        ``routing_key`` overrides the decorator's for a task sent through an exchange; an
+        explicit ``queue`` sends straight to that queue instead."""
         message = TaskMessage(
             id=task_id or str(uuid.uuid4()),
             task=self.name,

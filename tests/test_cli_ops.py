@@ -9,21 +9,12 @@ import uuid
 
 import pytest
 
-from tests.cli_helpers import FAST_HEARTBEATS, delete_prefixed_entities, rabbitmqctl_queues, taskq  # noqa: F401
+from tests.cli_helpers import FAST_HEARTBEATS, delete_prefixed_entities, evapp, rabbitmqctl_queues, taskq  # noqa: F401
 from tests.conftest import ROOT, queue_state, wait_until
 from tests.event_apps import noop, sleepy
 
 pytestmark = pytest.mark.broker
 APP = "tests.event_apps:app"
-
-
-@pytest.fixture
-def evapp(broker_url: str):
-    from tests.event_apps import app
-
-    app.use_broker(broker_url)
-    yield app
-    app.close()
 
 
 def status_process(broker_url: str, queue: str, counts: str) -> subprocess.Popen:
