@@ -164,9 +164,9 @@ class ChildWorker:
 
     def _run(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage) -> None:
         task = self.app.tasks[task_message.task]
+        events.task_started(task_message, delivery.queue)
         bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
         bound.info("task started")
-        events.task_started(task_message, delivery.queue)
         future = self._executor.submit(run_task, task, task_message, delivery.queue)
         while True:
             try:
@@ -174,7 +174,6 @@ class ChildWorker:
                 break
             except FutureTimeout:
                 keep_connection_alive(connection)
-                events.tick()
         events.task_finished(
             task_message, delivery.queue, outcome.reply.ok, outcome.runtime, outcome.reply.exc_type, outcome.reply.exc_message
         )
@@ -239,13 +238,15 @@ class ChildWorker:
 
 
 def keep_connection_alive(connection: Connection) -> None:
-    """Read whatever the broker sent (its heartbeats among it) and send ours if due."""
+    """Read whatever the broker sent (its heartbeats among it) and send ours if due; publish
+    the running task's log lines and our status heartbeat (events.tick)."""
     try:
         while True:
             connection.drain_events(timeout=0.01)
     except socket.timeout:
         pass
     connection.heartbeat_check()
+    events.tick()
 
 
 def child_main(app: App, queue_names: list[str]) -> None:
