@@ -67,7 +67,7 @@ class App:
     def queue(self, name: str):
         """The kombu Queue for a work queue, declared the same way by every side."""
         queue = topology.task_queue(name, max_priority=self.max_priority)
-        queue.bindings = set(self.routing.bindings_for(name))
+        queue.bindings.update(self.routing.bindings_for(name))  # app.bind's, beside any the queue has
         return queue
 
     @property
