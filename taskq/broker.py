@@ -20,17 +20,25 @@ from kombu.common import maybe_declare
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
+from taskq import embedded
 from taskq.errors import PublishError
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
-DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 PERSISTENT = 2
 TRANSIENT = 1
 
 
 def resolve_broker_url(explicit: str | None = None) -> str:
-    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the local RabbitMQ."""
-    return explicit or os.environ.get("TASKQ_BROKER_URL") or DEFAULT_BROKER_URL
+    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the embedded broker.
+
+    The embedded broker (a SQLite file under ./.taskq, or $TASKQ_HOME) needs no server,
+    so taskq works on a fresh machine; point it at RabbitMQ for production.
+    """
+    return explicit or os.environ.get("TASKQ_BROKER_URL") or embedded.default_url()
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith(embedded.SCHEME + "://")
 
 
 def mask_url(url: str) -> str:
