@@ -9,26 +9,31 @@ a task longer than the heartbeat timeout is not cut off and handed to another wo
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 from kombu import Connection, Consumer
 
-from taskq import topology
+from taskq import copies, delay, retry, topology
 from taskq.app import App
 from taskq.broker import publish_on
-from taskq.message import InvalidMessage, TaskMessage, decode_task
-from taskq.worker.execution import run_task
+from taskq.errors import TimeLimitExceeded
+from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
+from taskq.worker import limits
+from taskq.worker.execution import Outcome, failure, run_task
 
 log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
+RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
 
 
 @dataclass
@@ -74,14 +79,17 @@ class ChildWorker:
                 backoff = 0.5
                 self._serve(connection)
             except self.app.broker.connection_errors as exc:
+                # Deliveries of the dead channel can't be acked: the broker requeued them.
+                self._inbox.clear()
+                pause = random.uniform(backoff / 2, backoff)  # spread a fleet's reconnects
                 log.warning(
                     "broker connection lost, reconnecting",
                     broker=self.app.broker.masked_url,
                     error=f"{type(exc).__name__}: {exc}",
-                    retry_in=round(backoff, 1),
+                    retry_in=round(pause, 1),
                 )
-                self._sleep_unless_stopping(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._sleep_unless_stopping(pause)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
             finally:
                 connection.collect()
         self._executor.shutdown(wait=True)
@@ -106,12 +114,14 @@ class ChildWorker:
         for name in self.queue_names:
             queue = self.app.queue(name)(consume_channel)
             queue.declare()
-            topology.dead_letter_queue(name)(consume_channel).declare()
+            self.app.dead_letter_queue(name)(consume_channel).declare()
             consumer = Consumer(
                 consume_channel, queues=[queue], on_message=self._receiver(name), no_ack=False, auto_declare=False
             )
             consumer.consume()
             consumers.append(consumer)
+        # Retries and re-delays go through the cascade; declared here so they never wait on it.
+        delay.DelayTopology(self.app.queue_type)(consume_channel).declare()
         log.info("consuming", queues=self.queue_names, pid=os.getpid())
         while not self.stopping:
             if self._inbox:
@@ -141,12 +151,23 @@ class ChildWorker:
         try:
             task_message = decode_task(message.body, message.content_type, message.headers, message.properties)
             if task_message.task not in self.app.tasks:
-                raise InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
+                unknown = InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
+                self._reply(connection, publish_channel, task_message,
+                            dead_letter_reply(task_message, f"unknown-task: {unknown.detail}").body())
+                self._dead_letter(publish_channel, connection, delivery, unknown.reason, unknown.detail)
+                return
         except InvalidMessage as exc:
             self._dead_letter(publish_channel, connection, delivery, exc.reason, exc.detail)
             return
         if task_message.is_expired():
+            self._reply(connection, publish_channel, task_message,
+                        dead_letter_reply(task_message, "expired: arrived after its expiry time").body())
             self._dead_letter(publish_channel, connection, delivery, "expired", "arrived after its expiry time")
+            return
+        if task_message.eta is not None and task_message.eta - time.time() > delay.EARLY_TOLERANCE:
+            # Longer than one trip through the cascade (or sent around it): another trip.
+            self._resend(connection, publish_channel, delivery, task_message)
+            delivery.message.ack()
             return
         self._run(connection, publish_channel, delivery, task_message)
 
@@ -154,13 +175,17 @@ class ChildWorker:
         task = self.app.tasks[task_message.task]
         bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
         bound.info("task started")
-        future = self._executor.submit(run_task, task, task_message, delivery.queue)
-        while True:
-            try:
-                outcome = future.result(timeout=TICK)
-                break
-            except FutureTimeout:
-                keep_connection_alive(connection)
+        guard = limits.TaskThreadGuard()
+        deadlines = limits.Deadlines.start(task.options.soft_time_limit, task.options.time_limit)
+        limits.arm_backstop(task.options.time_limit)
+        future = self._executor.submit(run_task, task, task_message, delivery.queue, guard)
+        try:
+            outcome = self._wait_for_outcome(connection, future, guard, deadlines)
+        finally:
+            limits.disarm_backstop()
+        if outcome is None:
+            self._hard_time_limit(connection, publish_channel, delivery, task_message)
+            return
         if outcome.reply.ok:
             bound.info("task succeeded", runtime=round(outcome.runtime, 6))
         else:
@@ -170,33 +195,125 @@ class ChildWorker:
                 exc_type=outcome.reply.exc_type,
                 exc_message=outcome.reply.exc_message,
             )
-        if task_message.reply_to and not task.options.ignore_result:
-            # Reply before ack: if we die in between, the task runs again and replies
-            # again (at least once) rather than leaving the caller waiting forever.
-            publish_on(
-                connection,
-                outcome.body,
-                routing_key=task_message.reply_to,
-                persistent=False,
-                correlation_id=task_message.id,
-                channel=publish_channel,
-            )
+        self._settle(connection, publish_channel, delivery, task_message, outcome)
+
+    def _wait_for_outcome(self, connection: Connection, future: Any, guard: limits.TaskThreadGuard,
+                          deadlines: limits.Deadlines) -> Outcome | None:
+        """Serve the connection until the task ends; None if it ran past its hard time limit.
+
+        If the connection breaks meanwhile, the task is still waited for (never two at
+        once in one child, and its limits still hold), then the error is raised: the
+        broker has requeued the message, so its outcome can't be settled here.
+        """
+        lost: BaseException | None = None
+        while True:
+            now = time.monotonic()
+            if deadlines.soft is not None and now >= deadlines.soft and not guard.fired:
+                guard.interrupt()
+            if deadlines.hard is not None and now >= deadlines.hard:
+                if lost is not None:
+                    os._exit(limits.EXIT_TIME_LIMIT)  # nothing to settle: the message was requeued
+                return None
+            try:
+                outcome = future.result(timeout=deadlines.wait_time(TICK, guard.fired))
+                break
+            except FutureTimeout:
+                if lost is None:
+                    try:
+                        keep_connection_alive(connection)
+                    except self.app.broker.connection_errors as exc:
+                        lost = exc
+        if lost is not None:
+            raise lost
+        return outcome
+
+    def _settle(self, connection: Connection, publish_channel: Any, delivery: Delivery,
+                task_message: TaskMessage, outcome: Outcome) -> None:
+        """Reply, retry or dead-letter, then ack: each publish confirmed before the ack.
+
+        A failed attempt that will be retried sends no reply: the caller waits for the
+        last attempt. If we die before the ack, the message is redelivered and the task
+        runs again (at least once) rather than leaving anything nowhere.
+        """
+        task = self.app.tasks[task_message.task]
+        final = outcome.reply
+        if not outcome.reply.ok:
+            exc = outcome.exception if outcome.exception is not None else RuntimeError(outcome.reply.exc_message)
+            decision = retry.decide(task.options.retry, exc, task_message.attempts)
+            if decision.retry:
+                again = replace(task_message, attempts=task_message.attempts + 1,
+                                eta=time.time() + decision.countdown if decision.countdown > 0 else None)
+                self._resend(connection, publish_channel, delivery, again)
+                delivery.message.ack()
+                log.info("task will be retried", task=task.name, task_id=task_message.id,
+                         attempt=again.attempts + 1, countdown=round(decision.countdown, 3))
+                return
+            if decision.cause is not None and decision.cause is not exc:
+                final = failure(task_message.id, decision.cause)
+            self._reply(connection, publish_channel, task_message, final.body())
+            self._dead_letter(publish_channel, connection, delivery, decision.reason,
+                              f"{final.exc_type}: {final.exc_message}", attempts=task_message.attempts + 1,
+                              failure=final)
+            return
+        self._reply(connection, publish_channel, task_message, outcome.body)
         delivery.message.ack()
 
-    def _dead_letter(self, publish_channel: Any, connection: Connection, delivery: Delivery, reason: str, detail: str) -> None:
-        """Park an unrunnable message in ``<queue>.dead`` with the reason, then ack it.
+    def _hard_time_limit(self, connection: Connection, publish_channel: Any, delivery: Delivery,
+                         task_message: TaskMessage) -> None:
+        """The task thread is stuck past its time limit: settle its message as a failure, then die."""
+        task = self.app.tasks[task_message.task]
+        exc = TimeLimitExceeded(f"task {task.name} ran past its time_limit of {task.options.time_limit} s")
+        log.error("hard time limit: settling the message and replacing this child",
+                  task=task.name, task_id=task_message.id, time_limit=task.options.time_limit)
+        outcome = Outcome(reply=failure(task_message.id, exc), body=failure(task_message.id, exc).body(),
+                          runtime=task.options.time_limit or 0.0, exception=exc)
+        try:
+            self._settle(connection, publish_channel, delivery, task_message, outcome)
+            close_within(connection, seconds=5.0)  # the close handshake proves the ack arrived
+        finally:
+            os._exit(limits.EXIT_TIME_LIMIT)
+
+    def _reply(self, connection: Connection, publish_channel: Any, task_message: TaskMessage, body: bytes) -> None:
+        task = self.app.tasks.get(task_message.task)
+        if not task_message.reply_to or (task is not None and task.options.ignore_result):
+            return
+        publish_on(
+            connection,
+            body,
+            routing_key=task_message.reply_to,
+            persistent=False,
+            correlation_id=task_message.id,
+            channel=publish_channel,
+        )
+
+    def _resend(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage) -> None:
+        """Publish ``task_message`` again to the queue it came from, through the delay cascade if
+        it has an eta, keeping the original's extra headers and reply properties (confirmed)."""
+        message = delivery.message
+        exchange, routing_key, entities = delay.route(delivery.queue, task_message.eta, self.app.queue_type)
+        publish_on(
+            connection,
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=copies.resend_headers(message.headers, task_message),
+            declare=entities,
+            channel=publish_channel,
+            **copies.carried_properties(message.properties),
+        )
+
+    def _dead_letter(self, publish_channel: Any, connection: Connection, delivery: Delivery, reason: str, detail: str,
+                     *, attempts: int | None = None, failure: Reply | None = None) -> None:
+        """Park a message in ``<queue>.dead`` with the reason (and the failure, if it ran), then ack it.
 
         Publish-then-ack with confirms means the message is never in neither place; it
         may, after a crash in between, be in both, which an operator can see.
         """
         message = delivery.message
-        headers = dict(message.headers or {})
-        headers.update({"reason": reason, "detail": detail, "original_queue": delivery.queue})
-        properties = {
-            key: message.properties[key]
-            for key in ("correlation_id", "reply_to", "message_id")
-            if message.properties.get(key)
-        }
+        headers = copies.dead_letter_headers(message.headers, reason=reason, detail=detail, queue=delivery.queue,
+                                             attempts=attempts, failure=failure)
+        properties = copies.carried_properties(message.properties)
+        properties.pop("priority", None)
         publish_on(
             connection,
             message.body,
@@ -216,6 +333,18 @@ class ChildWorker:
             queue=delivery.queue,
             dead_letter_queue=topology.dead_letter_queue_name(delivery.queue),
         )
+
+
+def dead_letter_reply(task_message: TaskMessage, detail: str) -> Reply:
+    """What the caller of a task that was dead-lettered without running gets from ``get()``."""
+    return Reply(task_id=task_message.id, ok=False, exc_type="taskq.DeadLettered", exc_message=detail)
+
+
+def close_within(connection: Connection, seconds: float) -> None:
+    """Close the connection cleanly, or give up after ``seconds`` (the process is about to end)."""
+    closer = threading.Thread(target=connection.release, daemon=True)
+    closer.start()
+    closer.join(seconds)
 
 
 def keep_connection_alive(connection: Connection) -> None:
