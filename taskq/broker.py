@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer, Queue
+from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq.errors import PublishError
@@ -37,17 +38,23 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever."""
+    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever.
 
-    max_retries: int = 3
+    Each attempt connects once (no hidden kombu retry loop), so the defaults mean: about
+    5 to 9 s of sleeping across 7 attempts, enough to ride out a broker restart, then
+    PublishError. An unreachable host adds up to kombu's connect timeout (4 s) per attempt.
+    """
+
+    max_retries: int = 6
     interval_start: float = 0.2
-    interval_max: float = 2.0
+    interval_max: float = 3.0
     confirm_timeout: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so many producers don't reconnect in step."""
+        """Exponential backoff with equal jitter: producers don't reconnect in step, and
+        the whole retry window stays predictable (full jitter could shrink it to nothing)."""
         ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
-        return random.uniform(0, ceiling)
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class Broker:
@@ -66,10 +73,13 @@ class Broker:
         probe = Connection(url)
         self.is_amqp = probe.transport.driver_type == "amqp"
         # Errors after which the connection is suspect and a retry on a fresh one may work.
+        # kombu re-raises a failed (re)connect as its own OperationalError: include it, or
+        # a broker that is down escapes the retry as a library error.
         self.connection_errors: tuple[type[BaseException], ...] = (
             *probe.connection_errors,
             *probe.channel_errors,
             OSError,
+            OperationalError,
         )
 
     @property
@@ -81,7 +91,8 @@ class Broker:
         return Connection(
             self.url,
             heartbeat=heartbeat,
-            transport_options={"confirm_publish": True},
+            # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
+            transport_options={"confirm_publish": True, "max_retries": 0},
         )
 
     def _connection_pool(self):

@@ -90,3 +90,12 @@ def test_bad_options_are_configuration_errors():
         app.task(time_limit=1, soft_time_limit=2)(lambda: None)
     with pytest.raises(ConfigurationError, match="max_retries"):
         app.task(max_retries=-1, name="neg")(lambda: None)
+
+
+def test_publish_retry_window_is_bounded_and_not_empty():
+    from taskq.broker import RetryPolicy
+
+    policy = RetryPolicy()
+    for _ in range(100):
+        total = sum(policy.delay(attempt) for attempt in range(1, policy.max_retries + 1))
+        assert 4.5 <= total <= 9.0
