@@ -133,3 +133,19 @@ def test_eta_datetime_and_expiry_with_delay(rapp, queue_name, start_worker, tmp_
         result.get(timeout=10)
     wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 1, what="expired message in .dead")
     assert "late" not in log.read_text()
+
+
+def test_a_message_arriving_before_its_eta_is_sent_round_again(rapp, queue_name, start_worker, tmp_path):
+    """What a delay longer than one trip through the cascade (~49 days) relies on."""
+    from taskq.message import TaskMessage
+    from tests.apps_reliability import record
+
+    start_worker([queue_name], concurrency=1, app="tests.apps_reliability:app")
+    log = tmp_path / "log"
+    sent = time.time()
+    message = TaskMessage(id=str(uuid.uuid4()), task=record.name, args=(str(log), "early"), eta=sent + 1.5)
+    # Straight onto the work queue, around the cascade, as if its trip had been cut short.
+    rapp.broker.publish(message.body(), routing_key=queue_name, headers=message.headers(), declare=[rapp.queue(queue_name)])
+    wait_until(lambda: log.exists(), timeout=10, what="the task to run")
+    started = float(log.read_text().split()[3])
+    assert started - sent >= 1.4  # re-sent with the time left, not run at once
