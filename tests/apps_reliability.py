@@ -101,3 +101,12 @@ def crashes(path: str) -> None:
 @quorum_app.task
 def quorum_add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(time_limit=0.5)
+def hogs_the_gil(path: str) -> None:
+    """A catastrophic regex: C code that never releases the GIL, so the child's main thread can't run."""
+    import re
+
+    append_line(path, f"attempt {os.getpid()} {time.time():.6f}")
+    re.match(r"(a+)+$", "a" * 40 + "b")

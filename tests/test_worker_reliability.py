@@ -142,3 +142,19 @@ def test_unknown_and_poison_messages_are_dead_lettered_with_a_reason(rapp, queue
     wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 2, what="two dead letters")
     reasons = sorted(m.headers["reason"] for m in dead_letters(broker_url, queue_name))
     assert reasons == ["undecodable-body", "unknown-task"]
+
+
+def test_a_task_holding_the_gil_is_killed_by_the_kernel_backstop(rapp, queue_name, start_worker, tmp_path):
+    """The main thread can't even run: SIGALRM (default action) ends the child, the message is redelivered."""
+    from taskq.worker.limits import BACKSTOP_GRACE
+    from tests.apps_reliability import hogs_the_gil
+
+    worker = start_worker([queue_name], app=APP)
+    log = tmp_path / "attempts"
+    hogs_the_gil.apply_async((str(log),), queue=queue_name)
+    wait_until(lambda: log.exists() and log.read_text().count("attempt") >= 2, timeout=30, what="a second attempt")
+    first, second = [line.split() for line in log.read_text().splitlines()[:2]]
+    assert first[1] != second[1]  # a new child
+    assert 0.5 + BACKSTOP_GRACE <= float(second[2]) - float(first[2]) < 0.5 + BACKSTOP_GRACE + 4
+    assert '"exitcode": -14' in worker.log()  # SIGALRM
+    worker.kill()  # on a classic queue it would go round again: see docs/guarantees.md
