@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from kombu import Connection, Consumer
+from kombu.common import maybe_declare
 
 from taskq import copies, delay, retry, topology
 from taskq.app import App
@@ -110,6 +111,9 @@ class ChildWorker:
         consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=True)
         consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=False)
         publish_channel = connection.channel()
+        # Retries and re-delays go through the cascade: declare it now (and mark it declared
+        # for this connection) so a retry never waits on ~130 declarations.
+        maybe_declare(delay.DelayTopology(self.app.queue_type), publish_channel)
         consumers = []
         for name in self.queue_names:
             queue = self.app.queue(name)(consume_channel)
@@ -120,8 +124,6 @@ class ChildWorker:
             )
             consumer.consume()
             consumers.append(consumer)
-        # Retries and re-delays go through the cascade; declared here so they never wait on it.
-        delay.DelayTopology(self.app.queue_type)(consume_channel).declare()
         log.info("consuming", queues=self.queue_names, pid=os.getpid())
         while not self.stopping:
             if self._inbox:
