@@ -158,7 +158,7 @@ class App:
                         retry_backoff=retry_backoff,
                         retry_backoff_max=retry_backoff_max,
                         retry_jitter=retry_jitter,
-                        retry_for=tuple(retry_for),
+                        retry_for=(retry_for,) if isinstance(retry_for, type) else tuple(retry_for),
                     ),
                     time_limit=time_limit,
                     soft_time_limit=soft_time_limit,

@@ -33,6 +33,8 @@ class RetryRules:
             raise ValueError("max_retries must be >= 0")
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:
             raise ValueError("retry_backoff and retry_backoff_max must be >= 0")
+        if not all(isinstance(cls, type) and issubclass(cls, BaseException) for cls in self.retry_for):
+            raise ValueError("retry_for must be exception classes")
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,11 @@ def test_publish_retry_window_is_bounded_and_not_empty():
     for _ in range(100):
         total = sum(policy.delay(attempt) for attempt in range(1, policy.max_retries + 1))
         assert 4.5 <= total <= 9.0
+
+
+def test_retry_for_accepts_a_single_class_and_refuses_non_exceptions():
+    app = App("retry-for")
+    task = app.task(max_retries=1, retry_for=KeyError, name="one")(lambda: None)
+    assert task.options.retry.retry_for == (KeyError,)
+    with pytest.raises(ConfigurationError, match="exception classes"):
+        app.task(max_retries=1, retry_for=("KeyError",), name="two")(lambda: None)

@@ -208,16 +208,18 @@ class ChildWorker:
         broker has requeued the message, so its outcome can't be settled here.
         """
         lost: BaseException | None = None
+        soft_sent = False
         while True:
             now = time.monotonic()
-            if deadlines.soft is not None and now >= deadlines.soft and not guard.fired:
+            if deadlines.soft is not None and now >= deadlines.soft and not soft_sent:
+                soft_sent = True  # once: if the task just returned, there is nothing to interrupt
                 guard.interrupt()
             if deadlines.hard is not None and now >= deadlines.hard:
                 if lost is not None:
                     os._exit(limits.EXIT_TIME_LIMIT)  # nothing to settle: the message was requeued
                 return None
             try:
-                outcome = future.result(timeout=deadlines.wait_time(TICK, guard.fired))
+                outcome = future.result(timeout=deadlines.wait_time(TICK, soft_sent))
                 break
             except FutureTimeout:
                 if lost is None:
