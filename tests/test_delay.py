@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import time
 import uuid
 
@@ -91,6 +92,13 @@ def test_an_eta_after_the_expiry_is_refused():
 # -- on the broker --------------------------------------------------------------------
 
 
+def unacked(queue: str) -> int:
+    """messages_unacknowledged as rabbitmqctl reports it (AMQP itself can't tell)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+                         capture_output=True, text=True, check=True).stdout
+    return next(int(line.split()[1]) for line in out.splitlines() if line.split()[0] == queue)
+
+
 def test_delayed_message_waits_in_the_broker_not_in_a_worker(rapp, queue_name, start_worker, tmp_path, amqp):
     """With one child, an immediate task runs at once while an earlier-sent delayed one waits."""
     from tests.apps_reliability import record
@@ -105,6 +113,7 @@ def test_delayed_message_waits_in_the_broker_not_in_a_worker(rapp, queue_name, s
     assert "later" not in log.read_text()
     # The child holds nothing: the broker shows the queue empty and nothing unacked.
     assert queue_state(amqp, queue_name)[0] == 0
+    assert unacked(queue_name) == 0
     later.get(timeout=10)
     started = float(next(line for line in log.read_text().splitlines() if line.startswith("start later")).split()[3])
     assert 1.5 <= started - sent < 2.5
