@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, Callable, overload
 
 from taskq import delay, topology
-from taskq.broker import Broker, resolve_broker_url
+from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.results import AsyncResult, ReplyListener
@@ -81,13 +81,25 @@ class App:
             self._explicit_broker_url = url
             self._broker = None
 
+    @property
+    def broker_delays(self) -> bool:
+        """Whether the broker can hold delayed messages (countdown, eta, retry backoff).
+
+        The delay cascade (taskq.delay) needs RabbitMQ's TTLs, dead-lettering and
+        exchange-to-exchange bindings; kombu's virtual transports (the embedded and the
+        in-memory broker) have none of them.
+        """
+        return self.broker.driver_type == "amqp"
+
     def queue(self, name: str):
         """The kombu Queue for a work queue, declared the same way by every side."""
-        problem = delay.check_queue_name(name)
+        delayable = self.broker_delays
+        problem = delay.check_queue_name(name) if delayable else None
         if problem:
             raise ConfigurationError(problem)
         return topology.task_queue(
-            name, max_priority=self.max_priority, queue_type=self.queue_type, delivery_limit=self.delivery_limit
+            name, max_priority=self.max_priority, queue_type=self.queue_type, delivery_limit=self.delivery_limit,
+            delayable=delayable,
         )
 
     def dead_letter_queue(self, name: str):
@@ -197,6 +209,11 @@ class App:
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
             properties["priority"] = priority
+        if message.eta is not None and not self.broker_delays:
+            raise ConfigurationError(
+                f"countdown/eta need RabbitMQ (delayed delivery uses its TTLs and dead-lettering); "
+                f"the broker {self.broker.masked_url} has no such thing"
+            )
         exchange, routing_key, delay_entities = delay.route(queue, message.eta, self.queue_type)
         try:
             self.broker.publish(
@@ -212,6 +229,30 @@ class App:
                 listener.forget(message.id)
             raise
         return AsyncResult(message.id, message.task, listener)
+
+    def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool = True) -> list[AsyncResult]:
+        """Publish a burst of task messages to one queue with pipelined confirms.
+
+        Returns once the broker confirmed every one of them (or raises PublishError).
+        """
+        listener = self._reply_listener() if want_result else None
+        reply_to = listener.reply_to() if listener is not None else None
+        outgoing = []
+        for message in messages:
+            properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
+            if listener is not None:
+                message = replace(message, reply_to=reply_to)
+                properties["reply_to"] = reply_to
+                listener.expect(message.id)
+            outgoing.append(Outgoing(message.body(), queue, message.headers(), properties))
+        try:
+            self.broker.publish_many(outgoing, declare=[self.queue(queue), self.dead_letter_queue(queue)])
+        except BaseException:
+            if listener is not None:
+                for message in messages:
+                    listener.forget(message.id)
+            raise
+        return [AsyncResult(message.id, message.task, listener) for message in messages]
 
     def send_task(
         self,

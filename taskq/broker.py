@@ -8,27 +8,37 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer, Queue
+from kombu.common import maybe_declare
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
+from taskq import embedded
 from taskq.errors import PublishError
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
-DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 PERSISTENT = 2
 TRANSIENT = 1
 
 
 def resolve_broker_url(explicit: str | None = None) -> str:
-    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the local RabbitMQ."""
-    return explicit or os.environ.get("TASKQ_BROKER_URL") or DEFAULT_BROKER_URL
+    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the embedded broker.
+
+    The embedded broker (a SQLite file under ./.taskq, or $TASKQ_HOME) needs no server,
+    so taskq works on a fresh machine; point it at RabbitMQ for production.
+    """
+    return explicit or os.environ.get("TASKQ_BROKER_URL") or embedded.default_url()
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith(embedded.SCHEME + "://")
 
 
 def mask_url(url: str) -> str:
@@ -57,6 +67,19 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message of a bulk publish: body, routing key, headers and AMQP properties."""
+
+    body: bytes
+    routing_key: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+CONFIRM_WINDOW = 1000  # unconfirmed messages a bulk publish lets in flight before it waits
+
+
 class Broker:
     """A broker URL plus a small pool of publishing connections shared by the caller's threads.
 
@@ -71,15 +94,13 @@ class Broker:
         self._pool = None
         self._lock = threading.Lock()
         probe = Connection(url)
-        self.is_amqp = probe.transport.driver_type == "amqp"
+        self.driver_type: str = probe.transport.driver_type
         # Errors after which the connection is suspect and a retry on a fresh one may work.
-        # kombu re-raises a failed (re)connect as its own OperationalError: include it, or
-        # a broker that is down escapes the retry as a library error.
         self.connection_errors: tuple[type[BaseException], ...] = (
             *probe.connection_errors,
             *probe.channel_errors,
+            OperationalError,  # kombu's wrapper for a failed (re)connect
             OSError,
-            OperationalError,
         )
 
     @property
@@ -88,12 +109,12 @@ class Broker:
 
     def connect(self, *, heartbeat: float = 0) -> Connection:
         """A new connection with publisher confirms on; the caller owns it and closes it."""
-        return Connection(
-            self.url,
-            heartbeat=heartbeat,
-            # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
-            transport_options={"confirm_publish": True, "max_retries": 0},
-        )
+        # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
+        options: dict[str, Any] = {"confirm_publish": True, "max_retries": 0}
+        if self.driver_type == "memory":
+            # kombu's in-memory transport polls its queues, once a second by default.
+            options["polling_interval"] = 0.005
+        return Connection(self.url, heartbeat=heartbeat, transport_options=options)
 
     def _connection_pool(self):
         with self._lock:
@@ -148,6 +169,80 @@ class Broker:
                     ) from exc
                 time.sleep(self.retry.delay(attempt))
 
+    def publish_many(self, messages: Sequence[Outgoing], *, declare: Iterable[Queue] = ()) -> None:
+        """Publish a burst with pipelined publisher confirms: send them all, then collect the acks.
+
+        Waiting for each confirm costs a round trip per message; here the broker acks many
+        at once (``multiple``). Returns once every message is confirmed. Messages nacked or
+        left unconfirmed by a broken connection are sent again, within the same bounded
+        retry as ``publish``; then PublishError says how many are still unconfirmed.
+        """
+        declare = list(declare)
+        pending = list(range(len(messages)))
+        attempt = 0
+        while pending:
+            error: BaseException | None = None
+            try:
+                pending, error = self._publish_pipelined(messages, pending, declare)
+            except self.connection_errors as exc:  # could not even connect: nothing was sent
+                error = exc
+            if not pending:
+                return
+            attempt += 1
+            if attempt > self.retry.max_retries:
+                cause = f"{type(error).__name__}: {error}" if error else "nacked by the broker"
+                raise PublishError(
+                    f"broker at {self.masked_url} did not confirm {len(pending)} of {len(messages)} "
+                    f"messages after {attempt} attempts: {cause}"
+                ) from error
+            time.sleep(self.retry.delay(attempt))
+
+    def _publish_pipelined(
+        self, messages: Sequence[Outgoing], indexes: list[int], declare: list[Queue]
+    ) -> tuple[list[int], BaseException | None]:
+        """Send ``messages[i]`` for each index on one fresh channel.
+
+        Returns the indexes not confirmed (nacked, unanswered or never sent), and the
+        connection error that cut the burst short, if one did.
+        """
+        # A connection without kombu's confirm-each-publish mode: we select confirm mode
+        # ourselves and count the acks.
+        with Connection(self.url) as connection:
+            channel = connection.channel()
+            for entity in declare:
+                maybe_declare(entity, channel)
+            if self.driver_type != "amqp":  # kombu's virtual transports store synchronously
+                for index in indexes:
+                    _publish_outgoing(channel, messages[index])
+                return [], None
+            outstanding: dict[int, int] = {}  # delivery tag -> index into messages
+            confirmed: set[int] = set()
+
+            def settle(delivery_tag: int, multiple: bool, ok: bool) -> None:
+                tags = [tag for tag in outstanding if tag <= delivery_tag] if multiple else [delivery_tag]
+                for tag in tags:
+                    index = outstanding.pop(tag, None)
+                    if index is not None and ok:
+                        confirmed.add(index)
+
+            channel.confirm_select()
+            channel.events["basic_ack"].add(lambda tag, multiple: settle(tag, multiple, True))
+            channel.events["basic_nack"].add(lambda tag, multiple: settle(tag, multiple, False))
+            error: BaseException | None = None
+            try:
+                for delivery_tag, index in enumerate(indexes, start=1):
+                    _publish_outgoing(channel, messages[index])
+                    outstanding[delivery_tag] = index
+                    while len(outstanding) >= CONFIRM_WINDOW:
+                        connection.drain_events(timeout=self.retry.confirm_timeout)
+                while outstanding:
+                    connection.drain_events(timeout=self.retry.confirm_timeout)
+            except socket.timeout:
+                error = PublishError(f"no publisher confirm within {self.retry.confirm_timeout} s")
+            except self.connection_errors as exc:
+                error = exc
+            return [index for index in indexes if index not in confirmed], error
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
@@ -194,6 +289,16 @@ def publish_on(
         confirm_timeout=confirm_timeout,
         **properties,
     )
+
+
+def _publish_outgoing(channel: Any, message: Outgoing) -> None:
+    """basic_publish without waiting for a confirm (the bulk path collects them later)."""
+    properties = {"delivery_mode": PERSISTENT, **message.properties}
+    priority = properties.pop("priority", None)
+    amqp_message = channel.prepare_message(
+        message.body, priority, CONTENT_TYPE, CONTENT_ENCODING, message.headers, properties
+    )
+    channel.basic_publish(amqp_message, exchange="", routing_key=message.routing_key)
 
 
 def queue_counts(connection: Connection, queue_name: str) -> tuple[int, int]:

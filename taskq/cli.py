@@ -10,6 +10,7 @@ import click
 
 from taskq import __version__
 from taskq.app import App
+from taskq.broker import is_embedded
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
 from taskq.logs import LEVELS, configure_logging
@@ -62,12 +63,21 @@ main.add_command(dead)
     "--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
     help="console on a TTY, JSON lines otherwise, unless set.",
 )
-def worker(app_path: str, queues: str | None, concurrency: int | None, broker: str | None, loglevel: str, log_format: str) -> None:
+@click.option(
+    "--heartbeat", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="AMQP heartbeat interval of the children's connections (default: the app's, 30).",
+)
+def worker(
+    app_path: str, queues: str | None, concurrency: int | None, broker: str | None,
+    loglevel: str, log_format: str, heartbeat: float | None,
+) -> None:
     """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
     from taskq.worker import Supervisor, WorkerOptions
 
     configure_logging(loglevel, log_format)
     app = app_from_option(app_path, broker)
+    if heartbeat is not None:
+        app.heartbeat = heartbeat
     queue_names = [q.strip() for q in queues.split(",") if q.strip()] if queues else app.queue_names
     if not queue_names:
         raise UserError("-Q: no queue names given")
@@ -78,10 +88,14 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, broker: s
 
 def banner(app: App, options) -> str:
     tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
+    broker = app.broker.masked_url
+    if is_embedded(app.broker.url):
+        broker += "\n               (the EMBEDDED broker: a SQLite file for one machine, no server;\n" \
+                  "                set --broker or TASKQ_BROKER_URL to use RabbitMQ)"
     return (
         f"taskq {__version__} worker on {socket.gethostname()} (pid {os.getpid()})\n"
         f"  app:         {app.name}\n"
-        f"  broker:      {app.broker.masked_url}\n"
+        f"  broker:      {broker}\n"
         f"  queues:      {', '.join(options.queues)}\n"
         f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
         f"  tasks:\n{tasks}"

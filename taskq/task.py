@@ -7,7 +7,7 @@ import functools
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from taskq import delay
 from taskq.message import TaskMessage
@@ -97,6 +97,20 @@ class Task:
             queue=queue or self.options.queue,
             priority=priority,
             want_result=not self.options.ignore_result,
+        )
+
+
+    def map(self, arguments: Iterable[tuple | list], *, queue: str | None = None) -> list[AsyncResult]:
+        """Send one task per item (each item is that task's positional arguments), as a burst.
+
+        Much faster than a loop of ``delay`` for large bursts: publisher confirms are
+        pipelined instead of awaited one by one. Returns when the broker has them all.
+        """
+        messages = [
+            TaskMessage(id=str(uuid.uuid4()), task=self.name, args=tuple(args)) for args in arguments
+        ]
+        return self.app.send_many(
+            messages, queue=queue or self.options.queue, want_result=not self.options.ignore_result
         )
 
 

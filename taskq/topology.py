@@ -28,6 +28,7 @@ def task_queue(
     max_priority: int | None = None,
     queue_type: str = "classic",
     delivery_limit: int | None = None,
+    delayable: bool = True,
 ) -> Queue:
     """A durable work queue on the default exchange, also bound to the delay cascade's exit.
 
@@ -35,6 +36,7 @@ def task_queue(
     rejects (a queue length limit, a TTL, a quorum delivery limit) land in the same place
     as the ones our worker dead-letters with a reason. A quorum queue dead-letters
     ``at-least-once``: the broker keeps the message until ``.dead`` has it.
+    ``delayable=False`` (brokers without the delay cascade) leaves out its binding.
     """
     arguments: dict = {
         "x-dead-letter-exchange": "",
@@ -49,6 +51,8 @@ def task_queue(
     # The default exchange routes by queue name; the delay cascade ends in a topic
     # exchange that needs an explicit binding. kombu drops ``exchange`` when
     # ``bindings`` is given, and the default exchange needs no binding anyway.
+    if not delayable:
+        return Queue(name, routing_key=name, durable=True, queue_arguments=arguments)
     exit_binding = binding(delay.delivery_exchange(queue_type), routing_key=delay.delivery_binding_key(name))
     return Queue(name, routing_key=name, durable=True, queue_arguments=arguments, bindings=[exit_binding])
 

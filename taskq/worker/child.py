@@ -48,10 +48,18 @@ class Delivery:
 class ChildWorker:
     """Consumes from the given queues until told to stop; survives broker restarts."""
 
-    def __init__(self, app: App, queue_names: list[str]) -> None:
+    def __init__(self, app: App, queue_names: list[str], tick: float = TICK) -> None:
         self.app = app
         self.queue_names = queue_names
+        self.tick = tick
         self.stopping = False
+        # True in a forked child process (child_main): a hard time limit may then end the
+        # process. An in-process worker (testing.InlineWorker) must not, and can't arm
+        # the SIGALRM backstop from a non-main thread either.
+        self.owns_process = False
+        # Incremented each time a wait for messages comes back empty-handed; lets an
+        # in-process test worker tell "idle" without racing the consumer (testing.py).
+        self.idle_ticks = 0
         self._inbox: list[Delivery] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
 
@@ -108,12 +116,14 @@ class ChildWorker:
         # Prefetch 1 per channel (global) *and* per consumer, before consuming starts:
         # RabbitMQ then never hands this child a second message while one is unacked,
         # whichever of its queues it comes from, and list_consumers shows prefetch 1.
-        consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=True)
-        consume_channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=False)
+        # (Positional arguments: py-amqp and kombu's virtual transports name the flag differently.)
+        consume_channel.basic_qos(0, 1, True)
+        consume_channel.basic_qos(0, 1, False)
         publish_channel = connection.channel()
         # Retries and re-delays go through the cascade: declare it now (and mark it declared
         # for this connection) so a retry never waits on ~130 declarations.
-        maybe_declare(delay.DelayTopology(self.app.queue_type), publish_channel)
+        if self.app.broker_delays:
+            maybe_declare(delay.DelayTopology(self.app.queue_type), publish_channel)
         consumers = []
         for name in self.queue_names:
             queue = self.app.queue(name)(consume_channel)
@@ -130,8 +140,9 @@ class ChildWorker:
                 self._handle(connection, publish_channel, self._inbox.pop(0))
                 continue
             try:
-                connection.drain_events(timeout=TICK)
+                connection.drain_events(timeout=self.tick)
             except socket.timeout:
+                self.idle_ticks += 1
                 connection.heartbeat_check()
         for consumer in consumers:
             consumer.cancel()
@@ -166,7 +177,11 @@ class ChildWorker:
                         dead_letter_reply(task_message, "expired: arrived after its expiry time").body())
             self._dead_letter(publish_channel, connection, delivery, "expired", "arrived after its expiry time")
             return
-        if task_message.eta is not None and task_message.eta - time.time() > delay.EARLY_TOLERANCE:
+        if (
+            task_message.eta is not None
+            and task_message.eta - time.time() > delay.EARLY_TOLERANCE
+            and self.app.broker_delays
+        ):
             # Longer than one trip through the cascade (or sent around it): another trip.
             self._resend(connection, publish_channel, delivery, task_message)
             delivery.message.ack()
@@ -179,12 +194,14 @@ class ChildWorker:
         bound.info("task started")
         guard = limits.TaskThreadGuard()
         deadlines = limits.Deadlines.start(task.options.soft_time_limit, task.options.time_limit)
-        limits.arm_backstop(task.options.time_limit)
+        if self.owns_process:
+            limits.arm_backstop(task.options.time_limit)
         future = self._executor.submit(run_task, task, task_message, delivery.queue, guard)
         try:
             outcome = self._wait_for_outcome(connection, future, guard, deadlines)
         finally:
-            limits.disarm_backstop()
+            if self.owns_process:
+                limits.disarm_backstop()
         if outcome is None:
             self._hard_time_limit(connection, publish_channel, delivery, task_message)
             return
@@ -215,8 +232,10 @@ class ChildWorker:
                 soft_sent = True  # once: if the task just returned, there is nothing to interrupt
                 guard.interrupt()
             if deadlines.hard is not None and now >= deadlines.hard:
-                if lost is not None:
-                    os._exit(limits.EXIT_TIME_LIMIT)  # nothing to settle: the message was requeued
+                if lost is not None:  # nothing to settle: the broker requeued the message
+                    if self.owns_process:
+                        os._exit(limits.EXIT_TIME_LIMIT)
+                    raise lost
                 return None
             try:
                 outcome = future.result(timeout=deadlines.wait_time(TICK, soft_sent))
@@ -245,8 +264,11 @@ class ChildWorker:
             exc = outcome.exception if outcome.exception is not None else RuntimeError(outcome.reply.exc_message)
             decision = retry.decide(task.options.retry, exc, task_message.attempts)
             if decision.retry:
+                # Without the broker's delay cascade (embedded/in-memory broker) a retry
+                # goes straight back to the queue: the backoff is skipped, not the retry.
+                wait = decision.countdown if self.app.broker_delays else 0.0
                 again = replace(task_message, attempts=task_message.attempts + 1,
-                                eta=time.time() + decision.countdown if decision.countdown > 0 else None)
+                                eta=time.time() + wait if wait > 0 else None)
                 self._resend(connection, publish_channel, delivery, again)
                 delivery.message.ack()
                 log.info("task will be retried", task=task.name, task_id=task_message.id,
@@ -271,6 +293,12 @@ class ChildWorker:
                   task=task.name, task_id=task_message.id, time_limit=task.options.time_limit)
         outcome = Outcome(reply=failure(task_message.id, exc), body=failure(task_message.id, exc).body(),
                           runtime=task.options.time_limit or 0.0, exception=exc)
+        if not self.owns_process:
+            # In-process worker: settle, and leave the stuck thread behind on a fresh executor.
+            self._settle(connection, publish_channel, delivery, task_message, outcome)
+            self._executor.shutdown(wait=False)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
+            return
         try:
             self._settle(connection, publish_channel, delivery, task_message, outcome)
             close_within(connection, seconds=5.0)  # the close handshake proves the ack arrived
@@ -365,5 +393,9 @@ def child_main(app: App, queue_names: list[str]) -> None:
     """Entry point of a forked child process."""
     app.forget_connections_after_fork()
     worker = ChildWorker(app, queue_names)
+    worker.owns_process = True
     worker.install_signal_handlers()
+    # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
+    # delivered now, to our own handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     os._exit(worker.run())

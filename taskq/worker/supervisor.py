@@ -22,6 +22,7 @@ from taskq.worker.limits import EXIT_TIME_LIMIT
 
 log = structlog.get_logger("taskq.worker")
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RESTART_BACKOFF = 1.0  # a child that died younger than this is restarted after a pause
 
 
@@ -55,6 +56,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         try:
             for _ in range(self.options.concurrency):
+                if self.signals_received:
+                    break  # told to stop while still starting: don't start more
                 self._start_child()
             while self.children:
                 sentinels = {child.process.sentinel: pid for pid, child in self.children.items()}
@@ -84,7 +87,14 @@ class Supervisor:
         process = self._context.Process(
             target=child_main, args=(self.app, self.options.queues), name="taskq-child", daemon=False
         )
-        process.start()
+        # Fork with SIGTERM/SIGINT blocked: a signal arriving before the child installed
+        # its own handlers would otherwise run the supervisor's handler in the child.
+        # The child unblocks them once its handlers are in place (child_main).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.children[process.pid] = ChildProcess(process, time.monotonic())
         log.debug("child started", child_pid=process.pid)
 

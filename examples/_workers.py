@@ -1,0 +1,56 @@
+"""Start and stop ``taskq worker`` processes for the examples, so each runs with one command."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+from taskq import App
+
+
+@contextlib.contextmanager
+def running_workers(app: App, app_path: str, *, count: int = 1, concurrency: int = 1,
+                    queues: list[str] | None = None) -> Iterator[list[subprocess.Popen]]:
+    """``count`` separate worker processes for the block; stopped gracefully (SIGTERM) after it.
+
+    Returns once the broker sees every worker's consumers, so work sent in the block is
+    shared among all of them from the first task.
+    """
+    queues = queues or app.queue_names
+    command = [sys.executable, "-m", "taskq", "worker", "-A", app_path, "-c", str(concurrency),
+               "-Q", ",".join(queues), "--loglevel", "warning", "--broker", app.broker.url]
+    workers = [subprocess.Popen(command) for _ in range(count)]
+    try:
+        wait_for_consumers(app, queues[0], count * concurrency, workers)
+        yield workers
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(30)
+
+
+def wait_for_consumers(app: App, queue: str, expected: int, workers: list[subprocess.Popen],
+                       timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with app.broker.connect() as connection:
+        while True:
+            if any(worker.poll() is not None for worker in workers):
+                raise RuntimeError("a worker exited while starting")
+            channel = connection.channel()
+            try:
+                _, _, consumers = channel.queue_declare(queue=queue, passive=True)
+            except Exception:  # not declared yet: the workers declare it when they start
+                consumers = 0
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+            if consumers >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{expected} consumers on {queue!r} did not appear in {timeout} s")
+            time.sleep(0.05)

@@ -1,0 +1,648 @@
+"""The embedded broker's state, in one SQLite file shared by every process on the machine.
+
+A RabbitMQ server keeps queues, exchanges, bindings, messages and consumers in its own
+memory, so every client sees the same broker. With no server, that state has to live
+somewhere all taskq processes can reach: a SQLite database in WAL mode (readers never
+block the writer) with short write transactions, one connection per kombu connection.
+
+An unacked message is never deleted on delivery, only *reserved*: the row records the
+reserving process (pid and kernel start time, so a recycled pid is not mistaken for the
+dead owner) and its channel. Ack deletes the row; requeue, channel close and the death
+of the owner clear the reservation, so a SIGKILLed worker's message is delivered again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, TypeVar
+
+from taskq.errors import TaskqError
+
+T = TypeVar("T")
+
+#: SQLite's own wait for a lock is switched off: its handler sleeps at least 1 ms a try,
+#: which cost a third of the two-consumer drain rate. ``BrokerStore._run`` waits instead,
+#: from 0.1 ms up, doubling.
+BUSY_TIMEOUT_MS = 0
+FIRST_RETRY_PAUSE = 0.0001
+LONGEST_RETRY_PAUSE = 0.05
+#: How long we keep retrying before telling the caller the broker is stuck.
+GIVE_UP_AFTER_SECONDS = 60.0
+#: Stored as PRAGMA user_version; bump it when the tables change shape (there are no
+#: migrations yet: CREATE ... IF NOT EXISTS only adds what is missing).
+SCHEMA_VERSION = 1
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (
+    name        TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    durable     INTEGER NOT NULL,
+    auto_delete INTEGER NOT NULL,
+    arguments   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queues (
+    name             TEXT PRIMARY KEY,
+    durable          INTEGER NOT NULL,
+    auto_delete      INTEGER NOT NULL,
+    max_priority     INTEGER NOT NULL,
+    arguments        TEXT NOT NULL,
+    had_consumer     INTEGER NOT NULL DEFAULT 0,
+    -- set only for exclusive queues: the connection that may use it, and dies with it
+    owner_pid        INTEGER,
+    owner_start      INTEGER,
+    owner_connection INTEGER
+);
+CREATE INDEX IF NOT EXISTS queues_exclusive
+    ON queues (owner_pid, owner_start) WHERE owner_pid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS bindings (
+    exchange    TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    PRIMARY KEY (exchange, routing_key, queue)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bindings_by_queue ON bindings (queue);
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    priority      INTEGER NOT NULL,
+    payload       TEXT NOT NULL,
+    redelivered   INTEGER NOT NULL DEFAULT 0,
+    -- set while a consumer holds the message unacked
+    owner_pid     INTEGER,
+    owner_start   INTEGER,
+    owner_channel INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_ready
+    ON messages (queue, priority DESC, id) WHERE owner_pid IS NULL;
+CREATE INDEX IF NOT EXISTS messages_reserved
+    ON messages (owner_pid, owner_start, owner_channel) WHERE owner_pid IS NOT NULL;
+CREATE TABLE IF NOT EXISTS consumers (
+    queue        TEXT NOT NULL,
+    tag          TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    start        INTEGER NOT NULL,
+    channel      INTEGER NOT NULL,
+    wake_address TEXT,
+    PRIMARY KEY (pid, start, channel, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS consumers_by_queue ON consumers (queue);
+INSERT OR IGNORE INTO exchanges VALUES
+    ('amq.direct', 'direct', 1, 0, '{}'),
+    ('amq.fanout', 'fanout', 1, 0, '{}'),
+    ('amq.topic', 'topic', 1, 0, '{}');
+"""
+
+# One statement, so the pick and the reservation are atomic: a write statement takes
+# the write lock before it reads, and two consumers can never reserve the same row.
+_RESERVE_NEXT = """
+UPDATE messages SET owner_pid = ?, owner_start = ?, owner_channel = ?
+WHERE id = (SELECT id FROM messages WHERE queue = ? AND owner_pid IS NULL
+            ORDER BY priority DESC, id LIMIT 1)
+RETURNING id, payload, redelivered
+"""
+_REMOVE_NEXT = """
+DELETE FROM messages
+WHERE id = (SELECT id FROM messages WHERE queue = ? AND owner_pid IS NULL
+            ORDER BY priority DESC, id LIMIT 1)
+RETURNING id, payload, redelivered
+"""
+_RELEASE = "owner_pid = NULL, owner_start = NULL, owner_channel = NULL, redelivered = 1"
+
+# Routing happens inside the INSERT: one statement per publish whatever the fan-out,
+# and a message to a queue nobody declared is dropped, as RabbitMQ drops it.
+_ROUTE_INTO = "INSERT INTO messages (queue, priority, payload) "
+_PRIORITY = "MIN(MAX(?, 0), q.max_priority)"
+_ROUTES = {
+    "": "SELECT q.name, " + _PRIORITY + ", ? FROM queues q WHERE q.name = ?",
+    "direct": (
+        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
+        " WHERE b.exchange = ? AND b.routing_key = ?"
+    ),
+    "topic": (
+        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
+        " WHERE b.exchange = ? AND taskq_topic_match(b.routing_key, ?)"
+    ),
+    "fanout": (
+        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
+        " WHERE b.exchange = ?"
+    ),
+}
+EXCHANGE_TYPES = frozenset(t for t in _ROUTES if t)
+
+
+class EmbeddedBrokerError(TaskqError):
+    """Base of the errors the embedded broker raises on purpose."""
+
+
+class BrokerBusyError(EmbeddedBrokerError):
+    """The database stayed locked by other processes for longer than GIVE_UP_AFTER_SECONDS."""
+
+
+class BrokerUnavailableError(EmbeddedBrokerError):
+    """The broker file cannot be opened (folder not writable, not a database, disk full)."""
+
+
+class ProcessIdentity(NamedTuple):
+    """A process as the kernel knows it: a pid alone is reused, pid + start time is not."""
+
+    pid: int
+    start: int
+
+
+class Delivery(NamedTuple):
+    row_id: int
+    payload: str
+    redelivered: bool
+
+
+class StoredExchange(NamedTuple):
+    type: str
+    durable: bool
+    auto_delete: bool
+    arguments: dict
+
+
+def _read_start_time(pid: int) -> int | None:
+    """Kernel start time of ``pid`` in clock ticks; None if it is gone or a zombie.
+
+    A SIGKILLed child stays a zombie until its parent reaps it; it holds nothing any
+    more, so it counts as dead.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(b")") + 2 :].split()  # the command name may contain spaces
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+
+
+_HAS_PROC = os.path.isdir("/proc/self")
+_inherited_handles: list[sqlite3.Connection] = []
+_identity_cache: dict[int, ProcessIdentity] = {}
+
+
+def current_process() -> ProcessIdentity:
+    pid = os.getpid()  # re-read on every call: a forked child is another owner
+    identity = _identity_cache.get(pid)
+    if identity is None:
+        identity = ProcessIdentity(pid, (_read_start_time(pid) or 0) if _HAS_PROC else 0)
+        _identity_cache[pid] = identity
+    return identity
+
+
+def is_alive(owner: ProcessIdentity) -> bool:
+    if owner.pid == os.getpid():
+        return owner == current_process()
+    if _HAS_PROC:
+        try:
+            return _read_start_time(owner.pid) == owner.start
+        except PermissionError:  # /proc hides it (hidepid): assume alive, never steal
+            return True
+    try:  # no /proc (macOS): pid reuse goes undetected there
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """AMQP topic match: ``*`` is exactly one word, ``#`` zero or more.
+
+    kombu's own regex turns ``lazy.#`` into one-or-more, so ``lazy`` would not match;
+    RabbitMQ matches it, and code tested here must behave the same there.
+    """
+    return _match_words(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
+
+
+def _match_words(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match_words(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _match_words(rest, words[1:])
+
+
+_open_stores: weakref.WeakSet[BrokerStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Keep handles inherited through fork referenced, so garbage collection in the child
+    never closes them (SQLite would touch locks and WAL the parent is using), and give
+    each store a fresh lock: one held by a parent thread at fork time is never released.
+    """
+    for store in list(_open_stores):
+        if store._db is not None:
+            _inherited_handles.append(store._db)
+            store._db = None
+        store._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class BrokerStore:
+    """One kombu connection's handle on the broker database.
+
+    Every call runs under a lock on a connection opened by this process (a handle
+    inherited through fork would share SQLite locks with the parent and corrupt them),
+    and retries while another process holds the write lock, so "database is locked"
+    never reaches the caller.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._db_pid = 0
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None or self._db_pid != os.getpid():
+            if self._db is not None:  # inherited through fork: see _after_fork_in_child
+                _inherited_handles.append(self._db)
+            try:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            except (OSError, sqlite3.Error) as exc:
+                raise BrokerUnavailableError(f"cannot open broker database {self.path}: {exc}") from exc
+            try:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                db.create_function("taskq_topic_match", 2, topic_matches, deterministic=True)
+                self._prepare(db)
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if _is_busy(exc):
+                    raise  # _run retries
+                raise BrokerUnavailableError(f"cannot use broker database {self.path}: {exc}") from exc
+            except BaseException:
+                db.close()
+                raise
+            self._db, self._db_pid = db, os.getpid()
+            _open_stores.add(self)
+        return self._db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL: a commit survives a crash of any process; only an OS crash or
+        # power loss can drop the last commits.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL back after a burst
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # statement by statement: executescript() would commit our BEGIN first
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None and self._db_pid == os.getpid():
+                self._db.close()
+            self._db = None
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        give_up_at = time.monotonic() + GIVE_UP_AFTER_SECONDS
+        pause = FIRST_RETRY_PAUSE
+        with self._lock:
+            while True:
+                try:
+                    db = self._connection()
+                    return work(db)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    if self._db is not None and self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    if time.monotonic() > give_up_at:
+                        raise BrokerBusyError(f"broker database {self.path} stayed locked: {exc}") from exc
+                    time.sleep(pause * (0.5 + random.random()))  # jitter: no lockstep between processes
+                    pause = min(pause * 2, LONGEST_RETRY_PAUSE)
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run several statements as one short write transaction."""
+
+        def in_transaction(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return self._run(in_transaction)
+
+    def _rows(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        return self._run(lambda db: db.execute(sql, tuple(params)).fetchall())
+
+    # -- exchanges and bindings ----------------------------------------------------------
+
+    def declare_exchange(
+        self, name: str, type: str, durable: bool, auto_delete: bool, arguments: dict
+    ) -> StoredExchange:
+        """Create the exchange unless it exists; return what is stored, to compare."""
+
+        def declare(db: sqlite3.Connection) -> StoredExchange:
+            db.execute(
+                "INSERT OR IGNORE INTO exchanges VALUES (?, ?, ?, ?, ?)",
+                (name, type, int(durable), int(auto_delete), json.dumps(arguments, sort_keys=True)),
+            )
+            return self._exchange_row(db, name)
+
+        return self._write(declare)
+
+    def get_exchange(self, name: str) -> StoredExchange | None:
+        return self._run(lambda db: self._exchange_row(db, name))
+
+    @staticmethod
+    def _exchange_row(db: sqlite3.Connection, name: str) -> StoredExchange | None:
+        row = db.execute(
+            "SELECT type, durable, auto_delete, arguments FROM exchanges WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredExchange(row[0], bool(row[1]), bool(row[2]), json.loads(row[3]))
+
+    def delete_exchange(self, name: str) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM bindings WHERE exchange = ?", (name,))
+            db.execute("DELETE FROM exchanges WHERE name = ?", (name,))
+
+        self._write(delete)
+
+    def bind(self, exchange: str, routing_key: str, queue: str) -> None:
+        self._run(
+            lambda db: db.execute("INSERT OR IGNORE INTO bindings VALUES (?, ?, ?)", (exchange, routing_key, queue))
+        )
+
+    def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        self._run(
+            lambda db: db.execute(
+                "DELETE FROM bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
+                (exchange, routing_key, queue),
+            )
+        )
+
+    def bindings(self, exchange: str | None = None) -> list[tuple[str, str, str]]:
+        """(exchange, routing_key, queue) rows, of one exchange or all."""
+        if exchange is None:
+            return self._rows("SELECT exchange, routing_key, queue FROM bindings")
+        return self._rows("SELECT exchange, routing_key, queue FROM bindings WHERE exchange = ?", (exchange,))
+
+    def exchange_names(self) -> list[str]:
+        return [name for (name,) in self._rows("SELECT name FROM exchanges")]
+
+    # -- queues --------------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        max_priority: int,
+        arguments: dict,
+        exclusive_to: tuple[ProcessIdentity, int] | None,
+    ) -> tuple[ProcessIdentity, int] | None:
+        """Create the queue unless it exists; return the exclusive owner that is stored."""
+        owner_pid = owner_start = owner_connection = None
+        if exclusive_to is not None:
+            (owner_pid, owner_start), owner_connection = exclusive_to
+
+        def declare(db: sqlite3.Connection) -> tuple[ProcessIdentity, int] | None:
+            db.execute(
+                "INSERT OR IGNORE INTO queues (name, durable, auto_delete, max_priority, arguments,"
+                " owner_pid, owner_start, owner_connection) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    int(durable),
+                    int(auto_delete),
+                    max_priority,
+                    json.dumps(arguments, sort_keys=True, default=str),
+                    owner_pid,
+                    owner_start,
+                    owner_connection,
+                ),
+            )
+            row = db.execute(
+                "SELECT owner_pid, owner_start, owner_connection FROM queues WHERE name = ?", (name,)
+            ).fetchone()
+            return None if row[0] is None else (ProcessIdentity(row[0], row[1]), row[2])
+
+        return self._write(declare)
+
+    def queue_exists(self, name: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM queues WHERE name = ?", (name,)))
+
+    def ready_count(self, queue: str) -> int:
+        return self._rows("SELECT count(*) FROM messages WHERE queue = ? AND owner_pid IS NULL", (queue,))[0][0]
+
+    def consumer_count(self, queue: str) -> int:
+        return self._rows("SELECT count(*) FROM consumers WHERE queue = ?", (queue,))[0][0]
+
+    def purge(self, queue: str) -> int:
+        """Drop the ready messages; like RabbitMQ, unacked ones stay with their consumer."""
+        return self._run(
+            lambda db: db.execute("DELETE FROM messages WHERE queue = ? AND owner_pid IS NULL", (queue,)).rowcount
+        )
+
+    def delete_queue(self, queue: str) -> int:
+        return self._write(lambda db: _delete_queue_rows(db, queue))
+
+    def delete_exclusive_queues(self, owner: ProcessIdentity, connection_id: int) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            names = db.execute(
+                "SELECT name FROM queues WHERE owner_pid = ? AND owner_start = ? AND owner_connection = ?",
+                (owner.pid, owner.start, connection_id),
+            ).fetchall()
+            for (name,) in names:
+                _delete_queue_rows(db, name)
+
+        self._write(delete)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def publish(self, exchange: str, exchange_type: str, routing_key: str, payload: str, priority: int) -> list[str]:
+        """Store one copy per matching queue; return the queues that got one."""
+        if exchange_type == "":
+            params: tuple = (priority, payload, routing_key)
+        elif exchange_type == "fanout":
+            params = (priority, payload, exchange)
+        else:
+            params = (priority, payload, exchange, routing_key)
+        sql = _ROUTE_INTO + _ROUTES[exchange_type] + " RETURNING queue"
+        priority = priority if isinstance(priority, int) else 0
+        return [queue for (queue,) in self._rows(sql, params)]
+
+    def reserve_next(self, queue: str, owner: ProcessIdentity, channel_id: int) -> Delivery | None:
+        row = self._rows(_RESERVE_NEXT, (owner.pid, owner.start, channel_id, queue))
+        return Delivery(row[0][0], row[0][1], bool(row[0][2])) if row else None
+
+    def remove_next(self, queue: str) -> Delivery | None:
+        """For no_ack consumers: the message is gone the moment it is handed over."""
+        row = self._rows(_REMOVE_NEXT, (queue,))
+        return Delivery(row[0][0], row[0][1], bool(row[0][2])) if row else None
+
+    def ack(self, row_id: int, owner: ProcessIdentity, channel_id: int) -> None:
+        self._run(
+            lambda db: db.execute(
+                "DELETE FROM messages WHERE id = ? AND owner_pid = ? AND owner_start = ? AND owner_channel = ?",
+                (row_id, owner.pid, owner.start, channel_id),
+            )
+        )
+
+    def release(self, row_ids: list[int], owner: ProcessIdentity, channel_id: int | None) -> list[str]:
+        """Put reserved messages back where they were in their queue; return those queues.
+
+        ``channel_id`` None: whichever of this process's channels holds them.
+        """
+        if not row_ids:
+            return []
+        marks = ",".join("?" * len(row_ids))
+        sql = f"UPDATE messages SET {_RELEASE} WHERE id IN ({marks}) AND owner_pid = ? AND owner_start = ?"
+        params: tuple = (*row_ids, owner.pid, owner.start)
+        if channel_id is not None:
+            sql, params = sql + " AND owner_channel = ?", params + (channel_id,)
+        return sorted({queue for (queue,) in self._rows(sql + " RETURNING queue", params)})
+
+    def release_channel(self, owner: ProcessIdentity, channel_id: int) -> list[str]:
+        return sorted(
+            {
+                queue
+                for (queue,) in self._rows(
+                    f"UPDATE messages SET {_RELEASE}"
+                    " WHERE owner_pid = ? AND owner_start = ? AND owner_channel = ? RETURNING queue",
+                    (owner.pid, owner.start, channel_id),
+                )
+            }
+        )
+
+    # -- consumers -----------------------------------------------------------------------
+
+    def add_consumer(
+        self, queue: str, tag: str, owner: ProcessIdentity, channel_id: int, wake_address: str | None
+    ) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO consumers VALUES (?, ?, ?, ?, ?, ?)",
+                (queue, tag, owner.pid, owner.start, channel_id, wake_address),
+            )
+            db.execute("UPDATE queues SET had_consumer = 1 WHERE name = ?", (queue,))
+
+        self._write(add)
+
+    def remove_consumers(self, owner: ProcessIdentity, channel_id: int, tag: str | None = None) -> None:
+        """Forget one consumer (or all of a channel), then drop auto-delete queues left unused."""
+
+        def remove(db: sqlite3.Connection) -> None:
+            sql = "DELETE FROM consumers WHERE pid = ? AND start = ? AND channel = ?"
+            params: tuple = (owner.pid, owner.start, channel_id)
+            if tag is not None:
+                sql, params = sql + " AND tag = ?", params + (tag,)
+            queues = {queue for (queue,) in db.execute(sql + " RETURNING queue", params).fetchall()}
+            _drop_unused_auto_delete(db, queues)
+
+        self._write(remove)
+
+    def wake_addresses(self, queues: list[str]) -> list[str]:
+        if not queues:
+            return []
+        marks = ",".join("?" * len(queues))
+        return [
+            address
+            for (address,) in self._rows(
+                f"SELECT DISTINCT wake_address FROM consumers WHERE queue IN ({marks}) AND wake_address IS NOT NULL",
+                queues,
+            )
+        ]
+
+    # -- the dead ------------------------------------------------------------------------
+
+    def reap_dead_owners(self, alive: Callable[[ProcessIdentity], bool] = is_alive) -> list[str]:
+        """Undo whatever dead processes held: reservations, consumers, exclusive queues.
+
+        Returns the queues that got messages back, so their consumers can be woken.
+        """
+        owners = self._rows(
+            "SELECT owner_pid, owner_start FROM messages WHERE owner_pid IS NOT NULL"
+            " UNION SELECT pid, start FROM consumers"
+            " UNION SELECT owner_pid, owner_start FROM queues WHERE owner_pid IS NOT NULL"
+        )
+        dead = [owner for owner in map(ProcessIdentity._make, owners) if not alive(owner)]
+        if not dead:
+            return []
+
+        def reap(db: sqlite3.Connection) -> list[str]:
+            restored: set[str] = set()
+            for owner in dead:
+                restored.update(
+                    queue
+                    for (queue,) in db.execute(
+                        f"UPDATE messages SET {_RELEASE} WHERE owner_pid = ? AND owner_start = ? RETURNING queue", owner
+                    ).fetchall()
+                )
+                consumed = db.execute(
+                    "DELETE FROM consumers WHERE pid = ? AND start = ? RETURNING queue", owner
+                ).fetchall()
+                exclusive = db.execute(
+                    "SELECT name FROM queues WHERE owner_pid = ? AND owner_start = ?", owner
+                ).fetchall()
+                for (name,) in exclusive:
+                    _delete_queue_rows(db, name)
+                _drop_unused_auto_delete(db, {queue for (queue,) in consumed})
+            return sorted(restored)
+
+        return self._write(reap)
+
+
+def _delete_queue_rows(db: sqlite3.Connection, queue: str) -> int:
+    dropped = db.execute("DELETE FROM messages WHERE queue = ?", (queue,)).rowcount
+    db.execute("DELETE FROM bindings WHERE queue = ?", (queue,))
+    db.execute("DELETE FROM consumers WHERE queue = ?", (queue,))
+    db.execute("DELETE FROM queues WHERE name = ?", (queue,))
+    return dropped
+
+
+def _drop_unused_auto_delete(db: sqlite3.Connection, queues: set[str]) -> None:
+    """RabbitMQ deletes an auto-delete queue when its last consumer goes, never before."""
+    for queue in queues:
+        unused = db.execute(
+            "SELECT 1 FROM queues WHERE name = ? AND auto_delete = 1 AND had_consumer = 1"
+            " AND NOT EXISTS (SELECT 1 FROM consumers WHERE queue = ?)",
+            (queue, queue),
+        ).fetchone()
+        if unused:
+            _delete_queue_rows(db, queue)

@@ -1,0 +1,215 @@
+"""Sending, results and bad input, against the real RabbitMQ and a real worker process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+
+import msgpack
+import pika
+import pytest
+
+from taskq import App, EncodeError, PublishError, TaskError, TaskqError
+from taskq.broker import RetryPolicy
+from tests.apps import add, echo, fail, record, record_quietly, unserializable_result
+from tests.conftest import ROOT, queue_state, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
+
+
+def test_delay_returns_result_and_local_call_still_works(app, queue_name, start_worker):
+    start_worker([queue_name])
+    assert add.apply_async((2, 3), queue=queue_name).get(timeout=10) == 5
+    assert add(2, 3) == 5
+
+
+def test_apply_async_accepts_priority_and_expires(app, queue_name, start_worker):
+    start_worker([queue_name])
+    result = add.apply_async(args=(2, 3), kwargs={}, queue=queue_name, priority=5, expires=60)
+    assert result.get(timeout=10) == 5
+
+
+def test_many_outstanding_results_from_many_threads(app, queue_name, start_worker, tmp_path):
+    start_worker([queue_name], concurrency=2)
+    # The first task is slow, so its reply arrives after the others: out of order.
+    slow = record.apply_async((str(tmp_path / "slow"), "slow", 0.5), queue=queue_name)
+    results: dict[int, object] = {}
+
+    def caller(n: int) -> None:
+        pending = [(i, echo.apply_async((i,), queue=queue_name)) for i in range(n * 10, n * 10 + 10)]
+        for i, result in reversed(pending):
+            results[i] = result.get(timeout=20)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: i for i in range(40)}
+    assert isinstance(slow.get(timeout=20), int)
+
+
+def test_get_times_out_with_builtin_timeout_error_and_can_be_called_again(app, queue_name, start_worker, tmp_path):
+    start_worker([queue_name])
+    result = record.apply_async((str(tmp_path / "log"), "t", 1.0), queue=queue_name)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.05)
+    assert isinstance(result.get(timeout=20), int)
+    assert result.ready()
+
+
+def test_task_that_raised_raises_task_error_with_remote_traceback(app, queue_name, start_worker):
+    start_worker([queue_name])
+    with pytest.raises(TaskError) as caught:
+        fail.apply_async(("boom",), queue=queue_name).get(timeout=10)
+    assert str(caught.value) == "ValueError: boom"
+    assert caught.value.exc_type == "ValueError"
+    assert 'raise ValueError(message)' in caught.value.remote_traceback
+    assert "tests/apps.py" in caught.value.remote_traceback
+
+
+def test_wrong_arguments_fail_the_callers_get(app, queue_name, start_worker):
+    start_worker([queue_name])
+    with pytest.raises(TaskError, match="TypeError: .*add"):
+        add.apply_async((1,), queue=queue_name).get(timeout=10)
+
+
+def test_unencodable_arguments_and_results(app, queue_name, start_worker):
+    with pytest.raises(EncodeError):
+        echo.apply_async((object(),), queue=queue_name)
+    start_worker([queue_name])
+    with pytest.raises(TaskError, match="EncodeError"):
+        unserializable_result.apply_async(queue=queue_name).get(timeout=10)
+
+
+def test_ignore_result_publishes_no_reply_to(app, queue_name, amqp, tmp_path):
+    result = record_quietly.apply_async((str(tmp_path / "log"), "q"), queue=queue_name)
+    with pytest.raises(TaskqError, match="ignore_result"):
+        result.get(timeout=1)
+    message = amqp.default_channel.basic_get(queue_name, no_ack=True)
+    assert message.headers["id"] == result.id
+    assert not message.properties.get("reply_to")
+
+
+def _read_one_with_pika(queue_name: str):
+    """Read a message as an independent AMQP client sees it, and leave it on the queue."""
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    try:
+        channel = connection.channel()
+        method, properties, body = channel.basic_get(queue_name, auto_ack=False)
+        assert method is not None, "queue was empty"
+        channel.basic_nack(method.delivery_tag, requeue=True)
+
+        class Seen:
+            pass
+
+        seen = Seen()
+        seen.properties, seen.body = properties, body
+        return seen
+    finally:
+        connection.close()
+
+
+@pytest.mark.rabbitmq_only(reason="reads the message with pika, a second AMQP client")
+def test_wire_format_as_a_second_amqp_client_sees_it(app, queue_name):
+    result = add.apply_async((2, 3), kwargs={"unused": None} and {}, queue=queue_name)
+    message = _read_one_with_pika(queue_name)
+    assert message.properties.delivery_mode == 2
+    assert message.properties.content_type == "application/x-msgpack"
+    assert message.properties.headers["task"] == "tests.apps.add"
+    assert message.properties.headers["id"] == result.id
+    assert message.properties.correlation_id == result.id
+    assert message.properties.reply_to.startswith("taskq.reply.")
+    assert msgpack.unpackb(message.body) == {"args": [2, 3], "kwargs": {}}
+    # The queue is durable: declaring it non-durable is refused by the broker.
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="PRECONDITION_FAILED"):
+            connection.channel().queue_declare(queue_name, durable=False)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "headers", "reason"),
+    [
+        (b"\xc1 definitely not msgpack", "application/x-msgpack", {"task": "tests.apps.add", "id": "x"}, "undecodable-body"),
+        (b'{"args": [1, 2]}', "application/json", {"task": "tests.apps.add", "id": "x"}, "wrong-content-type"),
+        (msgpack.packb({"args": [], "kwargs": {}}), "application/x-msgpack", {"task": "no.such.task", "id": "x"}, "unknown-task"),
+    ],
+)
+def test_bad_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_on(
+    app, queue_name, start_worker, amqp, body, content_type, headers, reason
+):
+    worker = start_worker([queue_name])
+    amqp.Producer().publish(
+        body, routing_key=queue_name, headers=headers, content_type=content_type,
+        content_encoding="binary", delivery_mode=2,
+    )
+    wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 1, what="a dead letter")
+    dead = amqp.default_channel.basic_get(queue_name + ".dead", no_ack=True)
+    assert dead.body == body
+    assert dead.headers["reason"] == reason
+    assert dead.headers["original_queue"] == queue_name
+    assert dead.properties["delivery_mode"] == 2
+    assert add.apply_async((1, 1), queue=queue_name).get(timeout=10) == 2
+    assert worker.process.poll() is None
+    assert f'"reason": "{reason}"' in worker.log()
+
+
+def test_publish_to_an_unreachable_broker_raises_publish_error_after_bounded_retry():
+    app = App("unreachable", broker="amqp://guest:secret@127.0.0.1:1//")
+    app.broker.retry = RetryPolicy(max_retries=2, interval_start=0.01, interval_max=0.01)
+    with pytest.raises(PublishError, match="after 3 attempts") as caught:
+        app.send_task("x", want_result=False)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.rabbitmq_only(reason="asks rabbitmqctl what the broker sees")
+def test_broker_sees_prefetch_one_and_manual_acks(app, queue_name, start_worker):
+    start_worker([queue_name], concurrency=2)
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "ack_required", "prefetch_count"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line.startswith(queue_name + "\t")]
+    assert rows == [[queue_name, "true", "1"]] * 2
+
+
+def test_worker_with_unknown_app_prints_one_line_and_exits_2():
+    done = subprocess.run(
+        [sys.executable, "-m", "taskq", "worker", "-A", "nosuchmodule:app"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["Error: -A 'nosuchmodule:app': no module named 'nosuchmodule'"]
+
+
+def test_cli_typo_gets_usage_not_traceback():
+    done = subprocess.run([sys.executable, "-m", "taskq", "wroker"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "No such command 'wroker'" in done.stderr
+
+
+def test_banner_shows_app_masked_broker_queues_and_concurrency(broker_url, queue_name, start_worker):
+    masked = broker_url.replace("guest:guest@", "guest:**@")
+    worker = start_worker([queue_name], concurrency=2)
+    log = worker.log()
+    assert "app:         tests" in log
+    assert f"broker:      {masked}" in log
+    assert f"queues:      {queue_name}" in log
+    assert "concurrency: 2" in log
+    assert "guest:guest" not in log
+
+
+def test_map_sends_a_burst_with_pipelined_confirms(app, queue_name, start_worker, amqp, tmp_path):
+    log = tmp_path / "log"
+    quiet = record_quietly.map([(str(log), str(i)) for i in range(2500)], queue=queue_name)
+    assert len(quiet) == 2500
+    assert queue_state(amqp, queue_name)[0] == 2500  # every one confirmed before map returned
+    start_worker([queue_name], concurrency=2)
+    results = add.map([(i, i) for i in range(100)], queue=queue_name)
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(100)]
+    assert sorted(int(line.split()[1]) for line in log.read_text().splitlines()) == list(range(2500))
