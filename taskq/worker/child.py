@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,7 +60,7 @@ class ChildWorker:
         # in-process test worker tell "idle" without racing the consumer (testing.py).
         self.idle_ticks = 0
         self._inbox: list[Delivery] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
+        self._executor = limits.TaskThreads()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -294,10 +293,9 @@ class ChildWorker:
         outcome = Outcome(reply=failure(task_message.id, exc), body=failure(task_message.id, exc).body(),
                           runtime=task.options.time_limit or 0.0, exception=exc)
         if not self.owns_process:
-            # In-process worker: settle, and leave the stuck thread behind on a fresh executor.
+            # In-process worker: settle, and leave the stuck (daemon) thread behind.
             self._settle(connection, publish_channel, delivery, task_message, outcome)
-            self._executor.shutdown(wait=False)
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
+            self._executor.abandon()
             return
         try:
             self._settle(connection, publish_channel, delivery, task_message, outcome)

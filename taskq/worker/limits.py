@@ -22,7 +22,9 @@ import ctypes
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from taskq.errors import SoftTimeLimitExceeded
 
@@ -83,6 +85,43 @@ class TaskThreadGuard:
             self.fired = True
             count = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(exc_type))
             return count == 1
+
+
+class TaskThreads:
+    """Runs each task on a fresh daemon thread and returns a Future: a one-thread executor
+    that can abandon a stuck task.
+
+    Why not ThreadPoolExecutor: Python joins its threads at exit, so a task stuck past its
+    hard limit in an in-process worker (testing.InlineWorker) would hang the test run
+    until it returned. A forked child ends with ``os._exit`` and never gets that far.
+    """
+
+    def __init__(self, name: str = "taskq-task") -> None:
+        self._name = name
+        self._current: threading.Thread | None = None
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # handed to the waiting thread, as an executor does
+                future.set_exception(exc)
+
+        self._current = threading.Thread(target=run, name=self._name, daemon=True)
+        self._current.start()
+        return future
+
+    def abandon(self) -> None:
+        """Forget the running task's thread (stuck past its hard limit); it dies with the process."""
+        self._current = None
+
+    def shutdown(self, wait: bool = True) -> None:
+        if wait and self._current is not None:
+            self._current.join()
 
 
 def arm_backstop(hard_limit: float | None) -> None:
