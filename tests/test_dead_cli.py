@@ -32,6 +32,7 @@ def dead_queue(rapp, queue_name, amqp):
     return ids
 
 
+@pytest.mark.both_brokers
 def test_list_shows_messages_in_order_and_leaves_them(broker_url, queue_name, dead_queue, amqp):
     first = run(broker_url, "list", queue_name)
     second = run(broker_url, "list", queue_name)
@@ -45,6 +46,7 @@ def test_list_shows_messages_in_order_and_leaves_them(broker_url, queue_name, de
     assert len(limited.stdout.splitlines()) == 1 and "1 of 3" in limited.stderr
 
 
+@pytest.mark.both_brokers
 def test_replay_one_then_all_moves_them_back(broker_url, queue_name, dead_queue, amqp):
     result = run(broker_url, "replay", queue_name, "--id", dead_queue[1])
     assert result.exit_code == 0, result.output
@@ -73,6 +75,7 @@ def test_replayed_task_runs_again(rapp, broker_url, queue_name, start_worker, tm
     wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 1, what="dead again")
 
 
+@pytest.mark.both_brokers
 def test_purge_and_user_errors(broker_url, queue_name, dead_queue, amqp):
     result = run(broker_url, "purge", queue_name)
     assert result.exit_code == 0 and "purged 3" in result.stderr
