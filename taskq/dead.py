@@ -67,12 +67,10 @@ def first_death(headers: dict[str, Any]) -> dict[str, Any]:
     return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
 
 
-def original_queue(headers: dict[str, Any], dead_queue_name: str) -> str:
-    """Where a dead letter came from: our header, else the broker's, else the name minus ``.dead``."""
+def original_queue(headers: dict[str, Any], queue_name: str) -> str:
+    """Where a dead letter came from: our header, else the broker's, else the queue whose ``.dead`` it is in."""
     found = headers.get("original_queue") or headers.get("x-first-death-queue") or first_death(headers).get("queue")
-    if found:
-        return str(found)
-    return dead_queue_name.removesuffix(topology.DEAD_LETTER_SUFFIX)
+    return str(found) if found else queue_name
 
 
 @contextmanager

@@ -101,3 +101,19 @@ def test_guard_raises_in_the_task_thread_only_while_it_runs():
     assert not guard.interrupt()  # once only
     thread.join(5)
     assert outcome == ["interrupted", "after"]
+
+
+def test_a_broker_dead_letter_is_described_from_x_death():
+    from types import SimpleNamespace
+
+    from taskq.dead import DeadLetter
+
+    message = SimpleNamespace(
+        headers={"task": "a.crash", "id": "t9", "x-first-death-queue": "orders",
+                 "x-death": [{"queue": "orders", "reason": "delivery_limit", "count": 1}]},
+        properties={},
+    )
+    letter = DeadLetter.from_message(message, "orders")
+    assert (letter.task_id, letter.reason, letter.original_queue) == ("t9", "delivery_limit", "orders")
+    bare = DeadLetter.from_message(SimpleNamespace(headers={}, properties={"correlation_id": "c"}), "eu.orders")
+    assert (bare.task_id, bare.reason, bare.original_queue) == ("c", "?", "eu.orders")
