@@ -6,8 +6,11 @@ from taskq.errors import (
     EncodeError,
     PublishError,
     ResultLost,
+    Retry,
+    SoftTimeLimitExceeded,
     TaskError,
     TaskqError,
+    TimeLimitExceeded,
 )
 from taskq.logs import get_logger
 from taskq.results import AsyncResult
@@ -22,8 +25,11 @@ __all__ = [
     "EncodeError",
     "PublishError",
     "ResultLost",
+    "Retry",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskError",
     "TaskqError",
+    "TimeLimitExceeded",
     "get_logger",
 ]

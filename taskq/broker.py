@@ -48,17 +48,23 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever."""
+    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever.
 
-    max_retries: int = 3
+    Each attempt connects once (no hidden kombu retry loop), so the defaults mean: about
+    5 to 9 s of sleeping across 7 attempts, enough to ride out a broker restart, then
+    PublishError. An unreachable host adds up to kombu's connect timeout (4 s) per attempt.
+    """
+
+    max_retries: int = 6
     interval_start: float = 0.2
-    interval_max: float = 2.0
+    interval_max: float = 3.0
     confirm_timeout: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so many producers don't reconnect in step."""
+        """Exponential backoff with equal jitter: producers don't reconnect in step, and
+        the whole retry window stays predictable (full jitter could shrink it to nothing)."""
         ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
-        return random.uniform(0, ceiling)
+        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,8 @@ class Broker:
 
     def connect(self, *, heartbeat: float = 0) -> Connection:
         """A new connection with publisher confirms on; the caller owns it and closes it."""
-        options: dict[str, Any] = {"confirm_publish": True}
+        # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
+        options: dict[str, Any] = {"confirm_publish": True, "max_retries": 0}
         if self.driver_type == "memory":
             # kombu's in-memory transport polls its queues, once a second by default.
             options["polling_interval"] = 0.005

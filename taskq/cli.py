@@ -48,6 +48,11 @@ def main() -> None:
     """taskq: background jobs on RabbitMQ."""
 
 
+from taskq.cli_dead import dead  # noqa: E402  (defined beside, to keep this file small)
+
+main.add_command(dead)
+
+
 @main.command()
 @app_option
 @click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
