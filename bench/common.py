@@ -7,12 +7,14 @@ publish, how to start its workers and how to do one round trip.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,6 +30,16 @@ BROKER_URL: str = os.environ.get(
 REDIS_URL: str = os.environ.get("TASKQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
+
+#: Suffix of every queue name in one harness run. Set once in the harness process and inherited by
+#: the workers it spawns (they import the same system modules), so two runs at once on a shared
+#: broker, e.g. the smoke test inside two test-suite runs, never consume each other's messages.
+RUN_ID: str = os.environ.setdefault("TASKQ_BENCH_RUN_ID", uuid.uuid4().hex[:6])
+
+
+def queue_name(system: str) -> str:
+    """``bench.<system>.<run id>``: the work queue of one system in this run."""
+    return f"bench.{system}.{RUN_ID}"
 
 #: Environment variable carrying the mark directory to the worker processes (informational only:
 #: the mark path travels inside the message, so workers need no configuration to write it).
@@ -183,6 +195,33 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time *pid* has used so far, from /proc/<pid>/stat (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def broker_pid() -> int | None:
+    """The local RabbitMQ's Erlang VM (read-only: its CPU time shows where a drain's time goes)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() == "beam.smp":
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
 class WorkerProcesses:
     """The worker command(s) one system runs, started in their own session so they can be stopped
     as a group, with output going to a log file the harness can quote when something fails.
@@ -284,3 +323,30 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
     return ordered[rank - 1]
+
+
+# --------------------------------------------------------------------------- broker's view
+
+
+def _rabbitmqctl(*args: str) -> list[dict[str, object]]:
+    """A ``rabbitmqctl list_*`` command's rows as dicts (JSON output: column order is the tool's)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "--formatter", "json", *args],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def broker_prefetch_view(queue: str) -> str:
+    """What RabbitMQ says about the consumers on *queue*: per-consumer prefetch and the
+    channel-global prefetch of their channels (Celery uses the latter). Needs a local
+    ``rabbitmqctl``; used by ``--show-prefetch`` to check the "prefetch 1" claim per system.
+    """
+    consumers = [c for c in _rabbitmqctl("list_consumers", "channel_pid", "queue_name", "prefetch_count")
+                 if c["queue_name"] == queue]
+    global_by_channel = {c["pid"]: c["global_prefetch_count"]
+                         for c in _rabbitmqctl("list_channels", "pid", "global_prefetch_count")}
+    per_consumer = sorted(str(c["prefetch_count"]) for c in consumers)
+    per_channel = sorted(str(global_by_channel.get(c["channel_pid"], "?")) for c in consumers)
+    return (f"broker view: {len(consumers)} consumers on {queue}, consumer prefetch "
+            f"{'/'.join(per_consumer) or '-'}, channel-global prefetch {'/'.join(per_channel) or '-'}")

@@ -25,6 +25,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,10 +35,16 @@ from pathlib import Path
 
 from kombu import Connection
 
+if not __package__:  # run as `python bench/compare.py`: make `bench` importable like `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench.common import (
     BROKER_URL,
     Unavailable,
     WorkerProcesses,
+    broker_pid,
+    broker_prefetch_view,
+    cpu_seconds,
     percentile,
     purge_queue,
     queue_depth,
@@ -62,6 +69,10 @@ class Settings:
     #: Untimed calls before each timed phase: connection set-up and first-call imports are
     #: start-up cost (measured as cold start), not throughput.
     warmup: int = 20
+    #: Ask rabbitmqctl, after the drain, what prefetch each system's consumers really have.
+    show_prefetch: bool = False
+    #: Rounds over all systems; figures are medians over the rounds.
+    repeat: int = 1
 
 
 @dataclass
@@ -82,14 +93,14 @@ class Row:
     reference: bool = False
 
 
-#: (attribute, header, format, higher_is_better) for the numeric columns.
-COLUMNS: list[tuple[str, str, str, bool]] = [
-    ("enqueue_per_s", "enqueue msg/s", "{:,.0f}", True),
-    ("drain_per_s", "drain tasks/s", "{:,.0f}", True),
-    ("rpc_p50_ms", "RPC p50 ms", "{:.2f}", False),
-    ("rpc_p99_ms", "RPC p99 ms", "{:.2f}", False),
-    ("rss_child_mib", "RSS/child MiB", "{:.1f}", False),
-    ("cold_start_s", "cold start s", "{:.2f}", False),
+#: (attribute, header, format) of the numeric columns, in table order.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("enqueue_per_s", "enqueue msg/s", "{:,.0f}"),
+    ("drain_per_s", "drain tasks/s", "{:,.0f}"),
+    ("rpc_p50_ms", "RPC p50 ms", "{:.2f}"),
+    ("rpc_p99_ms", "RPC p99 ms", "{:.2f}"),
+    ("rss_child_mib", "RSS/child MiB", "{:.1f}"),
+    ("cold_start_s", "cold start s", "{:.2f}"),
 ]
 
 
@@ -143,13 +154,20 @@ def measure_drain(system: System, settings: Settings, workdir: Path, row: Row) -
     spawned = time.monotonic()
     workers = system.start_workers(workdir / f"{system.name}-workers.log")
     t_first = wait_for_mark(first, timeout=120, workers=workers)
+    # Where the drain's CPU goes (supervisor, children, broker): read once the first task ran,
+    # so start-up imports are not counted, and again after the last.
+    children = workers.child_pids()
+    watched = {"supervisor": workers.supervisor_pids(), "children": children}
+    if (bpid := broker_pid()) is not None:
+        watched["broker"] = [bpid]
+    cpu_before = {k: sum(cpu_seconds(p) for p in pids) for k, pids in watched.items()}
     # Generous: even 200 tasks/s must finish, anything slower is broken rather than slow.
     t_last = wait_for_mark(last, timeout=60 + n / 200, workers=workers)
+    cpu_used = {k: sum(cpu_seconds(p) for p in pids) - cpu_before[k] for k, pids in watched.items()}
     row.cold_start_s = t_first - spawned
     row.drain_per_s = (n - 1) / (t_last - t_first)
     wait_queue_empty(system.queue)
 
-    children = workers.child_pids()
     if not children:
         raise RuntimeError("found no worker child processes")
     rss = [rss_mib(pid) for pid in children]
@@ -158,6 +176,13 @@ def measure_drain(system: System, settings: Settings, workdir: Path, row: Row) -
     sup = workers.supervisor_pids()
     sup_note = f"; supervisor {rss_mib(sup[0]):.1f} MiB" if sup else "; no supervisor process"
     row.notes.append(f"{len(children)} worker children, VmRSS {detail} MiB{sup_note}")
+    per_task = ", ".join(f"{k} {v / (n - 1) * 1e6:.0f}" for k, v in cpu_used.items() if watched[k])
+    row.notes.append(f"drain CPU per task, µs: {per_task} (wall {(t_last - t_first) / (n - 1) * 1e6:.0f} µs/task)")
+    if settings.show_prefetch:
+        try:
+            row.notes.append(broker_prefetch_view(system.queue))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic; the figures above still stand
+            row.notes.append(f"broker view: rabbitmqctl failed ({_describe(exc)})")
     return workers
 
 
@@ -174,15 +199,18 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + "..."
 
 
-def measure_system(name: str, settings: Settings, workdir: Path) -> list[Row]:
+def measure_system(
+    name: str, settings: Settings, workdir: Path, unstopped: list[System] | None = None
+) -> list[Row]:
     """All phases for one system. A failing phase is recorded in the row and the next phase still
-    runs where it can; the system is always stopped and its queues deleted."""
+    runs where it can; the system is always stopped and its queues deleted (if that fails, e.g.
+    the broker was restarting, the system goes on *unstopped* for another try at the end)."""
     try:
         system = load_system(name)
     except Unavailable as exc:
         return [Row(name, status=f"unavailable: {exc}")]
-    except Exception as exc:  # noqa: BLE001 - a broken system must not stop the others
-        return [Row(name, status=f"unavailable: {_describe(exc)}")]
+    except Exception as exc:  # noqa: BLE001 - e.g. no broker: a failure, not "unavailable"
+        return [Row(name, status="failed", errors=[f"set-up: {_describe(exc)}"])]
 
     row = Row(system.name, notes=list(system.notes))
     rows = [row]
@@ -212,22 +240,80 @@ def measure_system(name: str, settings: Settings, workdir: Path) -> list[Row]:
             system.stop()
         except Exception as exc:  # noqa: BLE001
             row.errors.append(f"stop: {_describe(exc)}")
+            if unstopped is not None:
+                unstopped.append(system)
     if row.errors:
         row.status = "failed"
     return rows
 
 
 def run(settings: Settings, progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Benchmark every selected system in turn (one at a time: 2 cores are shared)."""
-    rows: list[Row] = []
+    """Benchmark every selected system, one at a time (2 cores are shared), ``repeat`` rounds.
+
+    Rounds go through all systems in turn rather than repeating one system back to back, so a
+    slow spell on the machine hits every system rather than just one; each figure is then the
+    median over the rounds.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="taskq-bench-"))
-    for name in settings.only:
-        if progress:
-            progress(f"benchmarking {name} ...")
-        rows += measure_system(name, settings, workdir)
-    if not any(r.errors for r in rows):
+    rounds: list[list[Row]] = []
+    unstopped: list[System] = []
+    for i in range(settings.repeat):
+        round_dir = workdir / f"round-{i + 1}"
+        round_dir.mkdir()
+        rows: list[Row] = []
+        for name in settings.only:
+            if progress:
+                progress(f"round {i + 1}/{settings.repeat}: benchmarking {name} ...")
+            rows += measure_system(name, settings, round_dir, unstopped)
+        rounds.append(rows)
+    for system in unstopped:  # last try at deleting what a failed stop() left behind
+        try:
+            system.stop()
+        except Exception as exc:  # noqa: BLE001
+            if progress:
+                progress(f"could not clean up after {system.name}: {_describe(exc)}")
+    combined = rounds[0] if len(rounds) == 1 else combine_rounds(rounds)
+    if not any(r.errors for r in combined):
         shutil.rmtree(workdir, ignore_errors=True)
-    return rows
+    return combined
+
+
+def combine_rounds(rounds: list[list[Row]]) -> list[Row]:
+    """One row per system: the median of each figure over the rounds that produced it, the
+    range in the notes, and every round's errors."""
+    per_round: dict[tuple[str, bool], list[tuple[int, Row]]] = {}
+    for number, rows in enumerate(rounds, start=1):  # keyed in order of first appearance
+        for r in rows:
+            per_round.setdefault((r.system, r.reference), []).append((number, r))
+
+    combined: list[Row] = []
+    for (system, reference), same in per_round.items():
+        # Describe the system from a round that got past set-up, if any did.
+        template = next((r for _, r in same if r.notes), same[0][1])
+        row = Row(system, reference=reference, notes=list(template.notes))
+        spread = []
+        for attr, header, fmt in COLUMNS:
+            values = sorted(v for _, r in same if (v := getattr(r, attr)) is not None)
+            if values:
+                setattr(row, attr, statistics.median(values))
+                if len(values) > 1:
+                    spread.append(f"{header} {fmt.format(values[0])}..{fmt.format(values[-1])}"
+                                  + (f" ({len(values)} rounds)" if len(values) < len(rounds) else ""))
+                elif len(rounds) > 1:
+                    spread.append(f"{header} from 1 round only")
+        per_round_notes = ("drain CPU", "broker view")
+        row.notes = [n for n in row.notes if not n.startswith(per_round_notes)]
+        row.notes += [f"round {i}: {n}" for i, r in same for n in r.notes if n.startswith(per_round_notes)]
+        if spread:
+            row.notes.append(f"median over {len(rounds)} rounds; range: " + ", ".join(spread))
+        row.errors = [f"round {i}: {e}" for i, r in same for e in r.errors]
+        if all(r.status.startswith("unavailable") for _, r in same):
+            row.status = same[0][1].status
+        else:
+            row.errors += [f"round {i}: {r.status}" for i, r in same if r.status.startswith("unavailable")]
+            row.status = "failed" if row.errors else "ok"
+        combined.append(row)
+    return combined
 
 
 # --------------------------------------------------------------------------- reporting
@@ -246,16 +332,14 @@ def _cell(row: Row, attr: str, fmt: str, baseline: Row | None) -> str:
 
 def render_table(rows: Sequence[Row]) -> str:
     """The table plus notes. Ratios are value / raw kombu's value in the same run."""
-    baseline = next((r for r in rows if r.system == BASELINE and not r.reference and r.status == "ok"), None)
-    if baseline is None:
-        baseline = next((r for r in rows if r.system == BASELINE and not r.reference), None)
+    baseline = next((r for r in rows if r.system == BASELINE and not r.reference), None)
     headers = ["system"] + [c[1] for c in COLUMNS]
     lines_cells: list[list[str]] = []
     for row in rows:
         if row.status.startswith("unavailable"):
             lines_cells.append([row.system, row.status])
             continue
-        lines_cells.append([row.system] + [_cell(row, a, f, baseline) for a, _, f, _ in COLUMNS])
+        lines_cells.append([row.system] + [_cell(row, a, f, baseline) for a, _, f in COLUMNS])
     widths = [len(h) for h in headers]
     for cells in lines_cells:
         if len(cells) == len(headers):
@@ -270,13 +354,15 @@ def render_table(rows: Sequence[Row]) -> str:
     out = [fmt_line(headers), "  ".join("-" * w for w in widths)]
     out += [fmt_line(cells) for cells in lines_cells]
     out.append("")
-    if baseline is not None and baseline.status == "ok":
+    if baseline is None or baseline.status.startswith("unavailable"):
+        out.append("(no ratios: raw kombu was not run)")
+    else:
         out.append(
             "(x) = value / raw kombu's value in this run: above 1 is better for enqueue and drain, "
             "below 1 is better for RPC, RSS and cold start."
         )
-    else:
-        out.append("(no ratios: raw kombu did not run cleanly in this run)")
+    if any(r.errors for r in rows):
+        out.append("Some phases failed (marked ! below): their cells are '-' or medians of the rounds that completed.")
     out.append("")
     out.append("notes:")
     for row in rows:
@@ -307,6 +393,11 @@ def _rabbitmq_version() -> str:
         return f"unreachable ({exc})"
 
 
+def _loadavg() -> str:
+    """1/5/15-minute load: on a shared 2-core machine, the first thing to read next to a figure."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def render_header(settings: Settings, argv: Sequence[str]) -> str:
     """Command line, date and environment: what a saved results file needs to be re-run."""
     cmd = "python -m bench.compare" + ("".join(" " + shlex.quote(a) for a in argv))
@@ -314,11 +405,13 @@ def render_header(settings: Settings, argv: Sequence[str]) -> str:
         [
             f"command: {cmd}",
             f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
+            (f"machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+             f"load average at start {_loadavg()}"),
             f"broker:  {_rabbitmq_version()} at {BROKER_URL.split('@')[-1]}",
             f"versions: {_versions()}",
-            f"sizes:   enqueue {settings.enqueue_n:,}, drain {settings.drain_n:,}, RPC {settings.rpc_n:,} "
-            f"(+{settings.warmup} untimed warm-up calls per timed phase)",
+            (f"sizes:   enqueue {settings.enqueue_n:,}, drain {settings.drain_n:,}, RPC {settings.rpc_n:,} "
+             f"(+{settings.warmup} untimed warm-up calls per timed phase); "
+             f"{settings.repeat} round(s), median shown"),
             "",
         ]
     )
@@ -340,6 +433,11 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, Path | None]:
         help=f"comma-separated systems, in order (default: {','.join(SYSTEM_MODULES)})",
     )
     parser.add_argument("--output", type=Path, help="also write the header and table to this file")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over all systems; report medians (default 1)")
+    parser.add_argument(
+        "--show-prefetch", action="store_true",
+        help="after each drain, note the consumers' prefetch as rabbitmqctl reports it (local broker)",
+    )
     args = parser.parse_args(argv)
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -353,6 +451,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, Path | None]:
         enqueue_n=args.enqueue or max(10, args.n // 4),
         rpc_n=args.rpc or max(10, args.n // 20),
         only=only,
+        show_prefetch=args.show_prefetch,
+        repeat=max(1, args.repeat),
     )
     return settings, args.output
 
@@ -363,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = render_header(settings, argv)
     print(header, flush=True)
     rows = run(settings, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    table = render_table(rows)
+    table = render_table(rows) + f"\n\nload average at end {_loadavg()}"
     print(table)
     if output is not None:
         output.write_text(header + "\n" + table + "\n")

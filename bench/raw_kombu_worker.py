@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 
 import amqp
@@ -65,7 +64,7 @@ def serve(queue: str) -> None:
         while not stopping:
             try:
                 conn.drain_events(timeout=0.5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except InterruptedError:
                 pass

@@ -6,8 +6,11 @@ from taskq.errors import (
     EncodeError,
     PublishError,
     ResultLost,
+    Retry,
+    SoftTimeLimitExceeded,
     TaskError,
     TaskqError,
+    TimeLimitExceeded,
     Unroutable,
 )
 from taskq.logs import get_logger
@@ -23,9 +26,12 @@ __all__ = [
     "EncodeError",
     "PublishError",
     "ResultLost",
+    "Retry",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskError",
     "TaskqError",
+    "TimeLimitExceeded",
     "Unroutable",
     "get_logger",
 ]

@@ -9,11 +9,12 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable, overload
 
-from taskq import routing, topology
+from taskq import delay, routing, topology
 from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.results import AsyncResult, ReplyListener
+from taskq.retry import RetryRules
 from taskq.task import Task, TaskOptions
 
 
@@ -23,6 +24,11 @@ class App:
     ``broker``: a kombu URL. Without one, ``$TASKQ_BROKER_URL``, then the local RabbitMQ.
     Nothing connects until the first publish, so importing an app module is cheap and safe
     to do before forking worker processes.
+
+    ``queue_type="quorum"`` declares replicated quorum queues; ``delivery_limit`` (quorum
+    only) dead-letters a message redelivered that many times, e.g. one that kills every
+    worker that takes it. Queues already on the broker keep their type: RabbitMQ refuses
+    to redeclare a queue with other arguments.
     """
 
     def __init__(
@@ -33,8 +39,20 @@ class App:
         default_queue: str = "default",
         heartbeat: float = 30.0,
         max_priority: int | None = None,
+        queue_type: str = "classic",
+        delivery_limit: int | None = None,
     ) -> None:
+        if queue_type not in topology.QUEUE_TYPES:
+            raise ConfigurationError(f"queue_type must be one of {', '.join(topology.QUEUE_TYPES)}, not {queue_type!r}")
+        if queue_type == "quorum" and max_priority:
+            raise ConfigurationError("quorum queues don't support priorities (x-max-priority): drop max_priority or use classic queues")
+        if delivery_limit is not None and queue_type != "quorum":
+            raise ConfigurationError("delivery_limit needs queue_type='quorum': classic queues don't count deliveries")
+        if delivery_limit is not None and delivery_limit < 1:
+            raise ConfigurationError("delivery_limit must be at least 1")
         self.name = name
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
         self.default_queue = default_queue
         self.heartbeat = heartbeat
         self.max_priority = max_priority
@@ -64,11 +82,32 @@ class App:
             self._explicit_broker_url = url
             self._broker = None
 
+    @property
+    def broker_delays(self) -> bool:
+        """Whether the broker can hold delayed messages (countdown, eta, retry backoff).
+
+        The delay cascade (taskq.delay) needs RabbitMQ's TTLs, dead-lettering and
+        exchange-to-exchange bindings; kombu's virtual transports (the embedded and the
+        in-memory broker) have none of them.
+        """
+        return self.broker.driver_type == "amqp"
+
     def queue(self, name: str):
         """The kombu Queue for a work queue, declared the same way by every side."""
-        queue = topology.task_queue(name, max_priority=self.max_priority)
+        delayable = self.broker_delays
+        problem = delay.check_queue_name(name) if delayable else None
+        if problem:
+            raise ConfigurationError(problem)
+        queue = topology.task_queue(
+            name, max_priority=self.max_priority, queue_type=self.queue_type, delivery_limit=self.delivery_limit,
+            delayable=delayable,
+        )
         queue.bindings.update(self.routing.bindings_for(name))  # app.bind's, beside any the queue has
         return queue
+
+    def dead_letter_queue(self, name: str):
+        """The kombu Queue for ``<name>.dead``."""
+        return topology.dead_letter_queue(name, self.queue_type)
 
     @property
     def queue_names(self) -> list[str]:
@@ -87,25 +126,70 @@ class App:
 
     @overload
     def task(
-        self, *, name: str | None = None, queue: str | None = None, ignore_result: bool = False,
-        exchange: str | None = None, routing_key: str | None = None,
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        ignore_result: bool = False,
+        max_retries: int | None = None,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        retry_for: tuple[type[BaseException], ...] = (Exception,),
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
-    def task(self, function=None, *, name=None, queue=None, ignore_result=False, exchange=None, routing_key=None):
-        """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders")``.
+    def task(
+        self,
+        function=None,
+        *,
+        name=None,
+        queue=None,
+        ignore_result=False,
+        max_retries=None,
+        retry_backoff=1.0,
+        retry_backoff_max=600.0,
+        retry_jitter=True,
+        retry_for=(Exception,),
+        time_limit=None,
+        soft_time_limit=None,
+        exchange=None,
+        routing_key=None,
+    ):
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders", max_retries=3)``.
+
+        Failures are not retried unless ``max_retries`` is set; then exceptions in
+        ``retry_for`` are retried after ``retry_backoff * 2**attempt`` seconds (capped by
+        ``retry_backoff_max``, jittered unless ``retry_jitter=False``). ``time_limit`` and
+        ``soft_time_limit`` are seconds (see docs/reliability.md).
 
         With ``exchange`` (and ``routing_key``, default the task's name) it is sent through
         that exchange instead, to whichever queues ``app.bind`` bound to it.
         """
 
         def register(fn: Callable[..., Any]) -> Task:
-            options = TaskOptions(
-                name=name or default_task_name(fn),
-                queue=queue or self.default_queue,
-                ignore_result=ignore_result,
-                exchange=exchange,
-                routing_key=routing_key,
-            )
+            try:
+                options = TaskOptions(
+                    name=name or default_task_name(fn),
+                    queue=queue or self.default_queue,
+                    ignore_result=ignore_result,
+                    retry=RetryRules(
+                        max_retries=max_retries,
+                        retry_backoff=retry_backoff,
+                        retry_backoff_max=retry_backoff_max,
+                        retry_jitter=retry_jitter,
+                        retry_for=(retry_for,) if isinstance(retry_for, type) else tuple(retry_for),
+                    ),
+                    time_limit=time_limit,
+                    soft_time_limit=soft_time_limit,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"task {name or fn.__qualname__}: {exc}") from None
             if options.name in self.tasks:
                 raise ConfigurationError(f"two tasks are named {options.name!r}")
             task = Task(self, fn, options)
@@ -128,6 +212,9 @@ class App:
     ) -> AsyncResult:
         """Publish a task message persistently and wait for the broker's confirm.
 
+        A message with a future ``eta`` goes into the broker's delay cascade, which hands
+        it to ``queue`` when the time comes.
+
         Through ``exchange``, the message is mandatory: if no binding matches ``routing_key``
         the broker returns it and this raises ``Unroutable`` instead of losing the task.
         """
@@ -140,10 +227,20 @@ class App:
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
             properties["priority"] = priority
+        if message.eta is not None and not self.broker_delays:
+            raise ConfigurationError(
+                f"countdown/eta need RabbitMQ (delayed delivery uses its TTLs and dead-lettering); "
+                f"the broker {self.broker.masked_url} has no such thing"
+            )
         if exchange:
-            target = self._routed_target(exchange, routing_key or message.task)
+            target = self._routed_target(exchange, routing_key or message.task, message.eta)
         else:
-            target = {"routing_key": queue, "declare": [self.queue(queue), topology.dead_letter_queue(queue)]}
+            delay_exchange, delay_key, delay_entities = delay.route(queue, message.eta, self.queue_type)
+            target = {
+                "exchange": delay_exchange,
+                "routing_key": delay_key,
+                "declare": [self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
+            }
         try:
             self.broker.publish(message.body(), headers=message.headers(), **target, **properties)
         except BaseException:
@@ -168,7 +265,7 @@ class App:
                 listener.expect(message.id)
             outgoing.append(Outgoing(message.body(), queue, message.headers(), properties))
         try:
-            self.broker.publish_many(outgoing, declare=[self.queue(queue), topology.dead_letter_queue(queue)])
+            self.broker.publish_many(outgoing, declare=[self.queue(queue), self.dead_letter_queue(queue)])
         except BaseException:
             if listener is not None:
                 for message in messages:
@@ -191,12 +288,15 @@ class App:
         target = queue or (task.options.queue if task else self.default_queue)
         return self.send(message, queue=target, want_result=want_result)
 
-    def _routed_target(self, exchange: str, routing_key: str) -> dict[str, Any]:
+    def _routed_target(self, exchange: str, routing_key: str, eta: float | None) -> dict[str, Any]:
         """Publish arguments for a named exchange: declare it and the app's queues bound to it, so the
         bindings exist before the first message even if no worker ever ran."""
+        if eta is not None:
+            # The delay cascade delivers to one named queue; the exchange may route to several.
+            raise ConfigurationError(f"countdown/eta can't be combined with routing through exchange {exchange!r}")
         declare: list[Any] = [self.routing.exchange(exchange)]
         for name in self.routing.queues_bound_to(exchange):
-            declare += [self.queue(name), topology.dead_letter_queue(name)]
+            declare += [self.queue(name), self.dead_letter_queue(name)]
         return {"exchange": exchange, "routing_key": routing_key, "declare": declare, "mandatory": True}
 
     # -- routing and user events ---------------------------------------------------------

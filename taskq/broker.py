@@ -20,18 +20,26 @@ from kombu.common import maybe_declare
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
+from taskq import embedded
 from taskq.errors import PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
-DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
 PERSISTENT = 2
 TRANSIENT = 1
 
 
 def resolve_broker_url(explicit: str | None = None) -> str:
-    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the local RabbitMQ."""
-    return explicit or os.environ.get("TASKQ_BROKER_URL") or DEFAULT_BROKER_URL
+    """The broker to use: an explicit URL, else $TASKQ_BROKER_URL, else the embedded broker.
+
+    The embedded broker (a SQLite file under ./.taskq, or $TASKQ_HOME) needs no server,
+    so taskq works on a fresh machine; point it at RabbitMQ for production.
+    """
+    return explicit or os.environ.get("TASKQ_BROKER_URL") or embedded.default_url()
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith(embedded.SCHEME + "://")
 
 
 def mask_url(url: str) -> str:
@@ -41,17 +49,23 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever."""
+    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever.
 
-    max_retries: int = 3
+    Each attempt connects once (no hidden kombu retry loop), so the defaults mean: about
+    5 to 9 s of sleeping across 7 attempts, enough to ride out a broker restart, then
+    PublishError. An unreachable host adds up to kombu's connect timeout (4 s) per attempt.
+    """
+
+    max_retries: int = 6
     interval_start: float = 0.2
-    interval_max: float = 2.0
+    interval_max: float = 3.0
     confirm_timeout: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so many producers don't reconnect in step."""
+        """Exponential backoff with equal jitter: producers don't reconnect in step, and
+        the whole retry window stays predictable (full jitter could shrink it to nothing)."""
         ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
-        return random.uniform(0, ceiling)
+        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,8 @@ class Broker:
 
     def connect(self, *, heartbeat: float = 0) -> Connection:
         """A new connection with publisher confirms on; the caller owns it and closes it."""
-        options: dict[str, Any] = {"confirm_publish": True}
+        # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
+        options: dict[str, Any] = {"confirm_publish": True, "max_retries": 0}
         if self.driver_type == "memory":
             # kombu's in-memory transport polls its queues, once a second by default.
             options["polling_interval"] = 0.005

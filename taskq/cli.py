@@ -11,6 +11,7 @@ import click
 
 from taskq import __version__
 from taskq.app import App
+from taskq.broker import is_embedded
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
 from taskq.logs import LEVELS, configure_logging
@@ -75,6 +76,11 @@ def main() -> None:
     """taskq: background jobs on RabbitMQ."""
 
 
+from taskq.cli_dead import dead  # noqa: E402  (defined beside, to keep this file small)
+
+main.add_command(dead)
+
+
 @main.command()
 @app_option
 @click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="Queues to consume (default: all of the app's).")
@@ -110,10 +116,14 @@ def worker(
 
 def banner(app: App, options) -> str:
     tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
+    broker = app.broker.masked_url
+    if is_embedded(app.broker.url):
+        broker += "\n               (the EMBEDDED broker: a SQLite file for one machine, no server;\n" \
+                  "                set --broker or TASKQ_BROKER_URL to use RabbitMQ)"
     return (
         f"taskq {__version__} worker on {socket.gethostname()} (pid {os.getpid()})\n"
         f"  app:         {app.name}\n"
-        f"  broker:      {app.broker.masked_url}\n"
+        f"  broker:      {broker}\n"
         f"  queues:      {', '.join(options.queues)}\n"
         f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
         f"  tasks:\n{tasks}"

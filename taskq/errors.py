@@ -43,3 +43,30 @@ class TaskError(TaskqError):
 
 class ResultLost(TaskqError):
     """The connection carrying replies broke, so a reply may never arrive."""
+
+
+class Retry(Exception):
+    """Raised by a task to ask for another attempt later: ``raise taskq.Retry(countdown=5)``.
+
+    Not a TaskqError on purpose: it is a request, not a failure, and a task's own
+    ``except TaskqError`` around taskq calls must not swallow it. It never reaches a
+    caller: ``get()`` sees the eventual success or the final failure.
+    ``max_retries`` overrides the task's limit for this request; raise it ``from`` the
+    exception that prompted it, and that exception is what the final failure reports.
+    """
+
+    def __init__(self, countdown: float | None = None, *, max_retries: int | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested by the task")
+        self.countdown = countdown
+        self.max_retries = max_retries
+
+
+class SoftTimeLimitExceeded(TaskqError):
+    """Raised inside a task that ran past its ``soft_time_limit``; it may catch it and clean up."""
+
+    def __init__(self, message: str = "the task ran past its soft time limit") -> None:
+        super().__init__(message)
+
+
+class TimeLimitExceeded(TaskqError):
+    """A task ran past its hard ``time_limit``; its worker child was replaced to stop it."""

@@ -53,6 +53,7 @@ class TaskMessage:
     reply_to: str | None = None
     expires_at: float | None = None  # wall-clock epoch seconds; None never expires
     attempts: int = 0  # how many times this task already ran and failed
+    eta: float | None = None  # wall-clock epoch seconds before which it must not run; None: now
 
     def body(self) -> bytes:
         return pack({"args": list(self.args), "kwargs": self.kwargs})
@@ -61,6 +62,8 @@ class TaskMessage:
         headers: dict[str, Any] = {"task": self.task, "id": self.id, "attempts": self.attempts}
         if self.expires_at is not None:
             headers["expires_at"] = float(self.expires_at)
+        if self.eta is not None:
+            headers["eta"] = float(self.eta)
         return headers
 
     def is_expired(self, now: float | None = None) -> bool:
@@ -93,6 +96,7 @@ def decode_task(
         raise InvalidMessage("missing-task-id", "no 'id' header")
     expires_at = headers.get("expires_at")
     attempts = headers.get("attempts", 0)
+    eta = headers.get("eta")
     return TaskMessage(
         id=task_id,
         task=name,
@@ -101,6 +105,7 @@ def decode_task(
         reply_to=properties.get("reply_to") or None,
         expires_at=float(expires_at) if isinstance(expires_at, (int, float)) else None,
         attempts=attempts if isinstance(attempts, int) else 0,
+        eta=float(eta) if isinstance(eta, (int, float)) else None,
     )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer
 
 from taskq import topology
-from taskq.errors import ResultLost, TaskError, TaskqError
+from taskq.errors import PublishError, ResultLost, TaskError, TaskqError
 from taskq.message import Reply, decode_reply
 
 if TYPE_CHECKING:
@@ -56,6 +56,11 @@ class ReplyListener:
             while self._queue_name is None and self._failure is None:
                 self._condition.wait()
             if self._queue_name is None:
+                if isinstance(self._failure, self._broker.connection_errors):
+                    # Nothing was sent: to the caller this is a send that failed.
+                    raise PublishError(
+                        f"cannot reach the broker at {self._broker.masked_url} to listen for results: {self._failure}"
+                    ) from self._failure
                 raise TaskqError(f"cannot listen for results: {self._failure}") from self._failure
             return self._queue_name
 

@@ -6,10 +6,12 @@ import datetime as dt
 import functools
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from taskq import delay
 from taskq.message import TaskMessage
+from taskq.retry import RetryRules
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -23,8 +25,19 @@ class TaskOptions:
     name: str
     queue: str
     ignore_result: bool = False
+    retry: RetryRules = field(default_factory=RetryRules)
+    time_limit: float | None = None  # seconds; past it the worker child is replaced and the attempt fails
+    soft_time_limit: float | None = None  # seconds; past it SoftTimeLimitExceeded is raised in the task
     exchange: str | None = None  # a named exchange instead of the queue (see App.bind)
     routing_key: str | None = None  # with ``exchange``; default the task's name
+
+    def __post_init__(self) -> None:
+        for name in ("time_limit", "soft_time_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        if self.time_limit and self.soft_time_limit and self.soft_time_limit >= self.time_limit:
+            raise ValueError("soft_time_limit must be shorter than time_limit, or it never fires")
 
 
 class Task:
@@ -59,18 +72,31 @@ class Task:
         priority: int | None = None,
         expires: float | dt.datetime | None = None,
         task_id: str | None = None,
+        countdown: float | None = None,
+        eta: dt.datetime | None = None,
         routing_key: str | None = None,
     ) -> AsyncResult:
         """Send with options. ``expires`` is seconds from now or an aware datetime: a message
         reaching a worker later than that is dead-lettered with reason ``expired``.
+
+        ``countdown`` (seconds) or ``eta`` (an aware datetime) delays the run: the broker
+        holds the message meanwhile (see ``taskq.delay``), no worker does.
+
         ``routing_key`` overrides the decorator's for a task sent through an exchange; an
-        explicit ``queue`` sends straight to that queue instead."""
+        explicit ``queue`` sends straight to that queue instead.
+        """
+        now = time.time()
+        run_at = delay.eta_from(countdown, eta, now)
+        deadline = expires_at(expires, now)
+        if run_at is not None and deadline is not None and run_at >= deadline:
+            raise ValueError("the task would expire before its eta: it could never run")
         message = TaskMessage(
             id=task_id or str(uuid.uuid4()),
             task=self.name,
             args=tuple(args),
             kwargs=dict(kwargs or {}),
-            expires_at=expires_at(expires),
+            expires_at=deadline,
+            eta=run_at if delay.delay_ms(run_at, now) else None,
         )
         return self.app.send(
             message,

@@ -10,6 +10,8 @@ import uuid
 
 from kombu import Exchange, Queue, binding
 
+from taskq import delay
+
 DEAD_LETTER_SUFFIX = ".dead"
 
 
@@ -17,26 +19,49 @@ def dead_letter_queue_name(queue_name: str) -> str:
     return queue_name + DEAD_LETTER_SUFFIX
 
 
-def task_queue(name: str, *, max_priority: int | None = None) -> Queue:
-    """A durable work queue on the default exchange.
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def task_queue(
+    name: str,
+    *,
+    max_priority: int | None = None,
+    queue_type: str = "classic",
+    delivery_limit: int | None = None,
+    delayable: bool = True,
+) -> Queue:
+    """A durable work queue on the default exchange, also bound to the delay cascade's exit.
 
     Its broker-side dead-letter target is ``<name>.dead``: messages the broker itself
     rejects (a queue length limit, a TTL, a quorum delivery limit) land in the same place
-    as the ones our worker dead-letters with a reason.
+    as the ones our worker dead-letters with a reason. A quorum queue dead-letters
+    ``at-least-once``: the broker keeps the message until ``.dead`` has it.
+    ``delayable=False`` (brokers without the delay cascade) leaves out its binding.
     """
-    arguments = {
+    arguments: dict = {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue_name(name),
     }
     if max_priority:
         arguments["x-max-priority"] = max_priority
-    return Queue(name, routing_key=name, durable=True, queue_arguments=arguments)
+    if queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        if delivery_limit is not None:
+            arguments["x-delivery-limit"] = delivery_limit
+    # The default exchange routes by queue name; the delay cascade ends in a topic
+    # exchange that needs an explicit binding. kombu drops ``exchange`` when
+    # ``bindings`` is given, and the default exchange needs no binding anyway.
+    if not delayable:
+        return Queue(name, routing_key=name, durable=True, queue_arguments=arguments)
+    exit_binding = binding(delay.delivery_exchange(queue_type), routing_key=delay.delivery_binding_key(name))
+    return Queue(name, routing_key=name, durable=True, queue_arguments=arguments, bindings=[exit_binding])
 
 
-def dead_letter_queue(queue_name: str) -> Queue:
+def dead_letter_queue(queue_name: str, queue_type: str = "classic") -> Queue:
     """Where a task queue's unrunnable messages wait for an operator; durable, never consumed by workers."""
     name = dead_letter_queue_name(queue_name)
-    return Queue(name, routing_key=name, durable=True)
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return Queue(name, routing_key=name, durable=True, queue_arguments=arguments)
 
 
 def reply_queue() -> Queue:

@@ -40,9 +40,30 @@ def broker_reachable(url: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+BROKERS = ("rabbitmq", "embedded")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_brokers`` run once on RabbitMQ and once on the embedded broker."""
+    if "broker_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_brokers"):
+        metafunc.parametrize("broker_url", BROKERS, indirect=True, scope="session")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("rabbitmq_only")
+    callspec = getattr(item, "callspec", None)
+    if marker and callspec and callspec.params.get("broker_url") == "embedded":
+        pytest.skip(f"RabbitMQ-only: {marker.kwargs.get('reason') or (marker.args[0] if marker.args else '')}")
+
+
 @pytest.fixture(scope="session")
-def broker_url() -> str:
-    """The RabbitMQ the broker tests use. Unreachable: a failure under CI=true, a skip elsewhere."""
+def broker_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The broker a test runs on: RabbitMQ unless parametrized (``both_brokers``) to the embedded one.
+
+    RabbitMQ unreachable: a failure under CI=true, a skip elsewhere.
+    """
+    if getattr(request, "param", "rabbitmq") == "embedded":
+        return f"taskq+sqlite://{tmp_path_factory.mktemp('embedded-broker') / 'broker.db'}"
     problem = broker_reachable(BROKER_URL)
     if problem:
         message = f"RabbitMQ at {BROKER_URL} is unreachable ({problem})"

@@ -12,7 +12,7 @@ import pytest
 from tests.apps import record, record_quietly
 from tests.conftest import queue_state, wait_until
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
 
 
 def lines(path: Path, kind: str) -> list[list[str]]:
@@ -98,6 +98,7 @@ def test_burst_of_1000_tasks_with_two_children_runs_each_exactly_once(app, queue
     assert len({row[2] for row in lines(log, "done")}) == 2  # both children took part
 
 
+@pytest.mark.rabbitmq_only(reason="AMQP heartbeats; the embedded broker has no connection to time out")
 def test_task_longer_than_heartbeat_timeout_runs_exactly_once(app, queue_name, start_worker, tmp_path):
     # Heartbeat 1 s: the broker drops a connection after two silent intervals. The task
     # runs 4 s, four intervals, while the child's main thread keeps the connection alive.

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from bench.common import BROKER_URL, record_mark
+from bench.common import BROKER_URL, queue_name, record_mark
 
-QUEUE = "bench.celery"
+QUEUE = queue_name("celery")
 
 app = Celery("bench", broker=BROKER_URL, backend="rpc://")
 app.conf.update(
@@ -44,4 +44,3 @@ def noop(mark: str | None = None) -> None:
 @app.task
 def noop_result() -> None:
     """No-op whose (None) result travels back over the RPC backend."""
-    return None

@@ -21,13 +21,18 @@ class CelerySystem:
 
     def __init__(self) -> None:
         self.notes = [
-            "celery: json, task_acks_late=True, worker_prefetch_multiplier=1 (channel-global "
-            "prefetch 2 for the 2-process pool), confirm_publish=True, persistent, rpc:// results; "
-            "worker -P prefork -c 2 --without-gossip --without-mingle --without-heartbeat, "
-            "remote control and events off",
+            ("json, task_acks_late=True, worker_prefetch_multiplier=1 (channel-global "
+             "prefetch 2 for the 2-process pool), confirm_publish=True, persistent, rpc:// results; "
+             "worker -P prefork -c 2 --without-gossip --without-mingle --without-heartbeat, "
+             "remote control and events off"),
         ]
         self.reference_enqueues: dict = {}
         self._workers: WorkerProcesses | None = None
+        # Declare now, every time: kombu caches "already declared" per connection in the app's
+        # pool, which outlives a round whose stop() deleted the queue and exchange.
+        app = celery_app.app
+        with app.connection_for_write() as conn:
+            app.amqp.queues[self.queue].bind(conn.default_channel).declare()
 
     def enqueue(self, n: int) -> None:
         delay = celery_app.noop.delay
@@ -64,11 +69,16 @@ class CelerySystem:
         if self._workers is not None:
             self._workers.stop()
             self._workers = None
-        # Closing the result consumer lets RabbitMQ auto-delete the per-client reply queue.
+        # The RPC backend's reply queue (named after the client's oid) must go, and the next
+        # round must get a working result consumer: Celery's stopped consumer never reconnects by
+        # itself, on_after_fork() makes it start afresh on the next .get().
+        consumer = celery_app.app.backend.result_consumer
         try:
-            celery_app.app.backend.result_consumer.stop()
+            consumer.stop()
         except Exception:  # noqa: BLE001 - never started if RPC didn't run
             pass
+        consumer.on_after_fork()
+        delete_queues([celery_app.app.backend.oid])
         celery_app.app.close()
         delete_queues([self.queue])
         delete_exchanges([self.queue])

@@ -7,16 +7,15 @@ processes with no supervisor.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from pathlib import Path
 
 from kombu import Connection, Consumer, Producer, Queue
 
-from bench.common import BROKER_URL, WorkerProcesses, delete_queues, python_command
+from bench.common import BROKER_URL, WorkerProcesses, delete_queues, python_command, queue_name
 
-QUEUE = "bench.kombu"
+QUEUE = queue_name("kombu")
 
 
 class KombuSystem:
@@ -28,9 +27,9 @@ class KombuSystem:
 
     def __init__(self) -> None:
         self.notes = [
-            "kombu: Producer.publish(delivery_mode=2, serializer=json) with confirm_publish=True; "
-            "worker = bench/raw_kombu_worker.py x2 (py-amqp basic_qos(0,1) before basic_consume, "
-            "ack after run; replies unconfirmed, to an exclusive bench.kombu.reply.* queue)",
+            ("Producer.publish(delivery_mode=2, serializer=json) with confirm_publish=True; "
+             "worker = bench/raw_kombu_worker.py x2 (py-amqp basic_qos(0,1) before basic_consume, "
+             "ack after run; replies unconfirmed, to an exclusive bench.kombu.reply.* queue)"),
         ]
         self.reference_enqueues = {"kombu, no confirms": self._enqueue_unconfirmed}
         self._conn = Connection(BROKER_URL, transport_options={"confirm_publish": True})
@@ -96,7 +95,7 @@ class KombuSystem:
                 while correlation_id not in replies:
                     try:
                         self._conn.drain_events(timeout=max(0.01, deadline - time.monotonic()))
-                    except socket.timeout:
+                    except TimeoutError:
                         raise TimeoutError("no RPC reply from the raw kombu worker within 10s") from None
                 timings.append(time.perf_counter() - start)
                 del replies[correlation_id]

@@ -23,6 +23,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
+from taskq.errors import TaskqError
+
 T = TypeVar("T")
 
 #: SQLite's own wait for a lock is switched off: its handler sleeps at least 1 ms a try,
@@ -138,7 +140,7 @@ _ROUTES = {
 EXCHANGE_TYPES = frozenset(t for t in _ROUTES if t)
 
 
-class EmbeddedBrokerError(Exception):
+class EmbeddedBrokerError(TaskqError):
     """Base of the errors the embedded broker raises on purpose."""
 
 

@@ -9,26 +9,30 @@ a task longer than the heartbeat timeout is not cut off and handed to another wo
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from kombu import Connection, Consumer
+from kombu.common import maybe_declare
 
-from taskq import events, routing, topology
+from taskq import copies, delay, events, routing, topology
 from taskq.app import App
 from taskq.broker import publish_on
-from taskq.message import InvalidMessage, TaskMessage, decode_task
-from taskq.worker.execution import run_task
+from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
+from taskq.worker import limits
+from taskq.worker.execution import Outcome, run_task
+from taskq.worker.settle import Settling, dead_letter_reply
 
 log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
+RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
 
 
 @dataclass
@@ -39,19 +43,27 @@ class Delivery:
     message: Any  # kombu.Message
 
 
-class ChildWorker:
-    """Consumes from the given queues until told to stop; survives broker restarts."""
+class ChildWorker(Settling):
+    """Consumes from the given queues until told to stop; survives broker restarts.
+
+    What becomes of each message after its run (reply, retry, dead letter, ack) is in
+    settle.py, mixed in.
+    """
 
     def __init__(self, app: App, queue_names: list[str], tick: float = TICK) -> None:
         self.app = app
         self.queue_names = queue_names
         self.tick = tick
         self.stopping = False
+        # True in a forked child process (child_main): a hard time limit may then end the
+        # process. An in-process worker (testing.InlineWorker) must not, and can't arm
+        # the SIGALRM backstop from a non-main thread either.
+        self.owns_process = False
         # Incremented each time a wait for messages comes back empty-handed; lets an
         # in-process test worker tell "idle" without racing the consumer (testing.py).
         self.idle_ticks = 0
         self._inbox: list[Delivery] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-task")
+        self._executor = limits.TaskThreads()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -78,14 +90,17 @@ class ChildWorker:
                 backoff = 0.5
                 self._serve(connection)
             except self.app.broker.connection_errors as exc:
+                # Deliveries of the dead channel can't be acked: the broker requeued them.
+                self._inbox.clear()
+                pause = random.uniform(backoff / 2, backoff)  # spread a fleet's reconnects
                 log.warning(
                     "broker connection lost, reconnecting",
                     broker=self.app.broker.masked_url,
                     error=f"{type(exc).__name__}: {exc}",
-                    retry_in=round(backoff, 1),
+                    retry_in=round(pause, 1),
                 )
-                self._sleep_unless_stopping(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._sleep_unless_stopping(pause)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
             finally:
                 connection.collect()
         self._executor.shutdown(wait=True)
@@ -107,11 +122,15 @@ class ChildWorker:
         consume_channel.basic_qos(0, 1, True)
         consume_channel.basic_qos(0, 1, False)
         publish_channel = connection.channel()
+        # Retries and re-delays go through the cascade: declare it now (and mark it declared
+        # for this connection) so a retry never waits on ~130 declarations.
+        if self.app.broker_delays:
+            maybe_declare(delay.DelayTopology(self.app.queue_type), publish_channel)
         consumers = []
         for name in self.queue_names:
             queue = self.app.queue(name)(consume_channel)
             queue.declare()
-            topology.dead_letter_queue(name)(consume_channel).declare()
+            self.app.dead_letter_queue(name)(consume_channel).declare()
             consumer = Consumer(
                 consume_channel, queues=[queue], on_message=self._receiver(name), no_ack=False, auto_declare=False
             )
@@ -152,13 +171,28 @@ class ChildWorker:
                 decode_task(message.body, message.content_type, message.headers, message.properties), delivery.queue
             )
             if task_message.task not in self.app.tasks:
-                raise InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
+                unknown = InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
+                self._reply(connection, publish_channel, task_message,
+                            dead_letter_reply(task_message, f"unknown-task: {unknown.detail}").body())
+                self._dead_letter(publish_channel, connection, delivery, unknown.reason, unknown.detail)
+                return
         except InvalidMessage as exc:
             self._dead_letter(publish_channel, connection, delivery, exc.reason, exc.detail)
             return
         events.task_received(task_message, delivery.queue)
         if task_message.is_expired():
+            self._reply(connection, publish_channel, task_message,
+                        dead_letter_reply(task_message, "expired: arrived after its expiry time").body())
             self._dead_letter(publish_channel, connection, delivery, "expired", "arrived after its expiry time")
+            return
+        if (
+            task_message.eta is not None
+            and task_message.eta - time.time() > delay.EARLY_TOLERANCE
+            and self.app.broker_delays
+        ):
+            # Longer than one trip through the cascade (or sent around it): another trip.
+            self._resend(connection, publish_channel, delivery, task_message)
+            delivery.message.ack()
             return
         self._run(connection, publish_channel, delivery, task_message)
 
@@ -167,13 +201,19 @@ class ChildWorker:
         events.task_started(task_message, delivery.queue)
         bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
         bound.info("task started")
-        future = self._executor.submit(run_task, task, task_message, delivery.queue)
-        while True:
-            try:
-                outcome = future.result(timeout=TICK)
-                break
-            except FutureTimeout:
-                keep_connection_alive(connection)
+        guard = limits.TaskThreadGuard()
+        deadlines = limits.Deadlines.start(task.options.soft_time_limit, task.options.time_limit)
+        if self.owns_process:
+            limits.arm_backstop(task.options.time_limit)
+        future = self._executor.submit(run_task, task, task_message, delivery.queue, guard)
+        try:
+            outcome = self._wait_for_outcome(connection, future, guard, deadlines)
+        finally:
+            if self.owns_process:
+                limits.disarm_backstop()
+        if outcome is None:
+            self._hard_time_limit(connection, publish_channel, delivery, task_message)
+            return
         events.task_finished(
             task_message, delivery.queue, outcome.reply.ok, outcome.runtime, outcome.reply.exc_type, outcome.reply.exc_message
         )
@@ -186,33 +226,54 @@ class ChildWorker:
                 exc_type=outcome.reply.exc_type,
                 exc_message=outcome.reply.exc_message,
             )
-        if task_message.reply_to and not task.options.ignore_result:
-            # Reply before ack: if we die in between, the task runs again and replies
-            # again (at least once) rather than leaving the caller waiting forever.
-            publish_on(
-                connection,
-                outcome.body,
-                routing_key=task_message.reply_to,
-                persistent=False,
-                correlation_id=task_message.id,
-                channel=publish_channel,
-            )
-        delivery.message.ack()
+        self._settle(connection, publish_channel, delivery, task_message, outcome)
 
-    def _dead_letter(self, publish_channel: Any, connection: Connection, delivery: Delivery, reason: str, detail: str) -> None:
-        """Park an unrunnable message in ``<queue>.dead`` with the reason, then ack it.
+    def _wait_for_outcome(self, connection: Connection, future: Any, guard: limits.TaskThreadGuard,
+                          deadlines: limits.Deadlines) -> Outcome | None:
+        """Serve the connection until the task ends; None if it ran past its hard time limit.
+
+        If the connection breaks meanwhile, the task is still waited for (never two at
+        once in one child, and its limits still hold), then the error is raised: the
+        broker has requeued the message, so its outcome can't be settled here.
+        """
+        lost: BaseException | None = None
+        soft_sent = False
+        while True:
+            now = time.monotonic()
+            if deadlines.soft is not None and now >= deadlines.soft and not soft_sent:
+                soft_sent = True  # once: if the task just returned, there is nothing to interrupt
+                guard.interrupt()
+            if deadlines.hard is not None and now >= deadlines.hard:
+                if lost is not None:  # nothing to settle: the broker requeued the message
+                    if self.owns_process:
+                        os._exit(limits.EXIT_TIME_LIMIT)
+                    raise lost
+                return None
+            try:
+                outcome = future.result(timeout=deadlines.wait_time(TICK, soft_sent))
+                break
+            except FutureTimeout:
+                if lost is None:
+                    try:
+                        keep_connection_alive(connection)
+                    except self.app.broker.connection_errors as exc:
+                        lost = exc
+        if lost is not None:
+            raise lost
+        return outcome
+
+    def _dead_letter(self, publish_channel: Any, connection: Connection, delivery: Delivery, reason: str, detail: str,
+                     *, attempts: int | None = None, failure: Reply | None = None) -> None:
+        """Park a message in ``<queue>.dead`` with the reason (and the failure, if it ran), then ack it.
 
         Publish-then-ack with confirms means the message is never in neither place; it
         may, after a crash in between, be in both, which an operator can see.
         """
         message = delivery.message
-        headers = dict(message.headers or {})
-        headers.update({"reason": reason, "detail": detail, "original_queue": delivery.queue})
-        properties = {
-            key: message.properties[key]
-            for key in ("correlation_id", "reply_to", "message_id")
-            if message.properties.get(key)
-        }
+        headers = copies.dead_letter_headers(message.headers, reason=reason, detail=detail, queue=delivery.queue,
+                                             attempts=attempts, failure=failure)
+        properties = copies.carried_properties(message.properties)
+        properties.pop("priority", None)
         publish_on(
             connection,
             message.body,
@@ -254,6 +315,7 @@ def child_main(app: App, queue_names: list[str]) -> None:
     app.forget_connections_after_fork()
     events.install(app, queue_names)
     worker = ChildWorker(app, queue_names)
+    worker.owns_process = True
     worker.install_signal_handlers()
     # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
     # delivered now, to our own handlers.

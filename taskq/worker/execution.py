@@ -6,12 +6,16 @@ import os
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
 from taskq.task import Task
+
+if TYPE_CHECKING:
+    from taskq.worker.limits import TaskThreadGuard
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Outcome:
     reply: Reply
     body: bytes
     runtime: float
+    exception: BaseException | None = None  # what the task raised, for the retry decision
 
 
 def exception_type_name(exc: BaseException) -> str:
@@ -38,7 +43,7 @@ def failure(task_id: str, exc: BaseException) -> Reply:
     )
 
 
-def run_task(task: Task, message: TaskMessage, queue: str) -> Outcome:
+def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuard | None = None) -> Outcome:
     """Call the task's function with the message's arguments, catching everything it raises.
 
     Runs on the child's task thread; structlog context is bound here so the task's own
@@ -48,16 +53,26 @@ def run_task(task: Task, message: TaskMessage, queue: str) -> Outcome:
         task=message.task, task_id=message.id, queue=queue, pid=os.getpid(), attempt=message.attempts + 1
     )
     started = time.monotonic()
+    raised: BaseException | None = None
     try:
         try:
-            reply = Reply(task_id=message.id, ok=True, result=task.function(*message.args, **message.kwargs))
+            if guard is not None:
+                guard.enter()
+            try:
+                result = task.function(*message.args, **message.kwargs)
+            finally:
+                if guard is not None:
+                    guard.leave()  # a soft time limit can't be raised in this thread past here
+            reply = Reply(task_id=message.id, ok=True, result=result)
         except Exception as exc:
+            raised = exc
             reply = failure(message.id, exc)
         try:
             body = reply.body()
         except EncodeError as exc:
+            raised = exc
             reply = failure(message.id, exc)
             body = reply.body()
-        return Outcome(reply=reply, body=body, runtime=time.monotonic() - started)
+        return Outcome(reply=reply, body=body, runtime=time.monotonic() - started, exception=raised)
     finally:
         structlog.contextvars.clear_contextvars()

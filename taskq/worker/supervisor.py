@@ -18,6 +18,7 @@ import structlog
 
 from taskq.app import App
 from taskq.worker.child import child_main
+from taskq.worker.limits import EXIT_TIME_LIMIT
 
 log = structlog.get_logger("taskq.worker")
 
@@ -104,7 +105,10 @@ class Supervisor:
         if self.signals_received:
             log.debug("child stopped", child_pid=pid, exitcode=exitcode)
             return
-        log.warning("child died, starting another", child_pid=pid, exitcode=exitcode)
+        if exitcode == EXIT_TIME_LIMIT:
+            log.info("child ended a task past its hard time limit, starting another", child_pid=pid)
+        else:
+            log.warning("child died, starting another", child_pid=pid, exitcode=exitcode)
         if time.monotonic() - child.started_at < RESTART_BACKOFF:
             time.sleep(RESTART_BACKOFF)  # don't fork-bomb on a child that dies at start
         self._start_child()

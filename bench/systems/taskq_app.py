@@ -1,0 +1,26 @@
+"""The taskq app both the harness and ``taskq worker -A bench.systems.taskq_app:app`` import.
+
+taskq's defaults already are the shared settings (durable queue, persistent, confirmed publish,
+prefetch 1 per child, ack after run, msgpack bodies), so nothing is configured here beyond the
+queue.
+"""
+
+from __future__ import annotations
+
+from bench.common import BROKER_URL, queue_name, record_mark
+from taskq import App
+
+QUEUE = queue_name("taskq")
+
+app = App("bench", broker=BROKER_URL)
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+def noop(mark: str | None = None) -> None:
+    """No-op; the first/last pre-loaded message records its time (bench.common.record_mark)."""
+    record_mark(mark)
+
+
+@app.task(queue=QUEUE)
+def noop_result() -> None:
+    """No-op whose (None) result comes back over taskq's RPC reply queue."""

@@ -1,0 +1,90 @@
+"""``taskq dead list|replay|purge QUEUE``: look after a queue's dead letters.
+
+Only argument parsing and printing; the work is in ``taskq.dead``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from taskq.broker import Broker, resolve_broker_url
+from taskq.cli import UserError, app_from_option, broker_option
+from taskq.dead import DeadLetter, NoSuchQueue, list_dead, purge, replay
+from taskq.errors import TaskqError
+
+optional_app_option = click.option(
+    "-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP",
+    help="Take the broker from this App (env TASKQ_APP); optional.",
+)
+
+
+def broker_from_options(app_path: str | None, broker: str | None) -> Broker:
+    if app_path:
+        return app_from_option(app_path, broker).broker
+    return Broker(resolve_broker_url(broker))
+
+
+def describe(letter: DeadLetter) -> str:
+    failure = f"  {letter.exc_type}: {letter.exc_message}" if letter.exc_type else (f"  {letter.detail}" if letter.detail else "")
+    attempts = "" if letter.attempts is None else f"  attempts={letter.attempts}"
+    return f"{letter.task_id}  {letter.task}  reason={letter.reason}{attempts}  from={letter.original_queue}{failure}"
+
+
+@click.group()
+def dead() -> None:
+    """Dead letters: messages a worker could not run, parked in <queue>.dead."""
+
+
+@dead.command("list")
+@click.argument("queue")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
+@optional_app_option
+@broker_option
+def list_command(queue: str, limit: int, app_path: str | None, broker: str | None) -> None:
+    """Show QUEUE.dead's messages, oldest first; the queue is left exactly as it was."""
+    try:
+        total, letters = list_dead(broker_from_options(app_path, broker), queue, limit)
+    except NoSuchQueue as exc:
+        raise UserError(str(exc)) from None
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from None
+    for letter in letters:
+        click.echo(describe(letter))
+    shown = f"{len(letters)} of {total}" if len(letters) < total else str(total)
+    click.echo(f"{shown} dead letter(s) in {queue}.dead", err=True)
+
+
+@dead.command("replay")
+@click.argument("queue")
+@click.option("--id", "task_id", default=None, metavar="TASK_ID", help="Replay this task's message only.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every message.")
+@optional_app_option
+@broker_option
+def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: str | None, broker: str | None) -> None:
+    """Send dead letters back to their original queue (confirmed, then removed from .dead)."""
+    if bool(task_id) == replay_all:
+        raise UserError("give exactly one of --id TASK_ID or --all")
+    try:
+        replayed = replay(broker_from_options(app_path, broker), queue, task_id)
+    except NoSuchQueue as exc:
+        raise UserError(str(exc)) from None
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from None
+    if task_id and not replayed:
+        raise UserError(f"no dead letter with id {task_id!r} in {queue}.dead")
+    for letter in replayed:
+        click.echo(f"replayed {letter.task_id} {letter.task} -> {letter.original_queue}")
+    click.echo(f"{len(replayed)} message(s) replayed", err=True)
+
+
+@dead.command("purge")
+@click.argument("queue")
+@optional_app_option
+@broker_option
+def purge_command(queue: str, app_path: str | None, broker: str | None) -> None:
+    """Delete every message in QUEUE.dead."""
+    try:
+        count = purge(broker_from_options(app_path, broker), queue)
+    except NoSuchQueue as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"purged {count} message(s) from {queue}.dead", err=True)

@@ -1,0 +1,63 @@
+"""Quorum queues: declared as such, and a message that kills every worker ends in .dead."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from taskq import App, ConfigurationError
+from taskq.cli import main
+from tests.conftest import queue_state, wait_until
+from tests.reliability_fixtures import qapp  # noqa: F401  (a fixture)
+
+APP = "tests.apps_reliability:quorum_app"
+
+
+def test_quorum_options_are_checked():
+    with pytest.raises(ConfigurationError, match="priorities"):
+        App("q", queue_type="quorum", max_priority=5)
+    with pytest.raises(ConfigurationError, match="delivery_limit needs"):
+        App("q", delivery_limit=3)
+    with pytest.raises(ConfigurationError, match="queue_type"):
+        App("q", queue_type="stream")
+
+
+def queue_types(*names: str) -> dict[str, str]:
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "type", "arguments"], capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if parts and parts[0] in names:
+            rows[parts[0]] = "\t".join(parts[1:])
+    return rows
+
+
+def test_poison_message_is_dead_lettered_after_the_delivery_limit(qapp, queue_name, start_worker, tmp_path, broker_url, amqp):
+    from tests.apps_reliability import crashes, quorum_add
+
+    worker = start_worker([queue_name], concurrency=1, app=APP)
+    log = tmp_path / "attempts"
+    crashes.apply_async((str(log),), queue=queue_name)
+    # delivery_limit=2: delivered, redelivered twice, then the broker dead-letters it.
+    wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 1, timeout=30, what="the poison message in .dead")
+    assert log.read_text().count("attempt") == 3
+    assert worker.process.poll() is None
+    assert quorum_add.apply_async((2, 3), queue=queue_name).get(timeout=20) == 5
+    listed = CliRunner().invoke(main, ["dead", "list", queue_name, "--broker", broker_url])
+    assert "reason=delivery_limit" in listed.stdout and crashes.name in listed.stdout
+    types = queue_types(queue_name, queue_name + ".dead", "taskq.delay.quorum.00")
+    assert "quorum" in types[queue_name] and "x-delivery-limit" in types[queue_name]
+    assert "quorum" in types[queue_name + ".dead"]
+    assert "quorum" in types["taskq.delay.quorum.00"]
+
+
+def test_delays_work_on_quorum_queues(qapp, queue_name, start_worker):
+    from tests.apps_reliability import quorum_add
+
+    start_worker([queue_name], concurrency=1, app=APP)
+    sent = time.monotonic()
+    assert quorum_add.apply_async((1, 1), queue=queue_name, countdown=0.5).get(timeout=20) == 2
+    assert time.monotonic() - sent >= 0.5
