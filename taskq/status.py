@@ -34,6 +34,7 @@ from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.broker import Broker
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
@@ -92,11 +93,15 @@ def vhost_of(url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def start_rabbitmqctl(url: str) -> subprocess.Popen | None:
-    """Start ``rabbitmqctl list_queues`` (about 2 s of Erlang start-up) to run while we listen."""
+def start_rabbitmqctl(broker: Broker) -> subprocess.Popen | None:
+    """Start ``rabbitmqctl list_queues`` (about 2 s of Erlang start-up) to run while we listen.
+
+    Only for a RabbitMQ on this host: anywhere else rabbitmqctl would describe another broker.
+    """
     executable = shutil.which("rabbitmqctl")
-    if executable is None or not broker_is_local(url):
+    if executable is None or broker.driver_type != "amqp" or not broker_is_local(broker.url):
         return None
+    url = broker.url
     command = [
         executable, "-q", "list_queues", "-p", vhost_of(url),
         "name", "messages_ready", "messages_unacknowledged", "consumers", "--formatter", "json",
@@ -182,9 +187,9 @@ def collect_status(
     """Listen for heartbeats, and meanwhile ask for the queue numbers from the best honest source."""
     names = with_dead_letter_queues(queue_names or app.queue_names)
     notes: list[str] = []
-    process = start_rabbitmqctl(app.broker.url) if counts in ("auto", "rabbitmqctl") else None
+    process = start_rabbitmqctl(app.broker) if counts in ("auto", "rabbitmqctl") else None
     if counts == "rabbitmqctl" and process is None:
-        notes.append("rabbitmqctl is not on PATH or the broker is not on this host")
+        notes.append("rabbitmqctl is not on PATH, or the broker is not a RabbitMQ on this host")
     workers = listen_for_workers(app, listen, should_stop=should_stop)
     queues = finish_rabbitmqctl(process, names) if process is not None else None
     if queues is not None:
