@@ -53,6 +53,11 @@ def boom(message: str) -> None:
     raise ValueError(message)
 
 
+@app.task(max_retries=1, retry_backoff=0.05, retry_jitter=False)
+def fails_twice(message: str) -> None:
+    raise ValueError(message)
+
+
 # -- routing through named exchanges -------------------------------------------------------
 
 ANIMALS = f"{PREFIX}.animals"

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 import uuid
+from collections import Counter
 
 import pytest
 
-from taskq import TaskError
+from taskq import TaskError, topology
+from taskq.subscriber import Subscription, records
 from tests.cli_helpers import FAST_HEARTBEATS, rabbitmqctl_queues, delete_prefixed_entities, evapp, listeners  # noqa: F401 (fixtures)
 from tests.conftest import wait_until
-from tests.event_apps import boom, chatty
+from tests.event_apps import add, boom, chatty, fails_twice
 
 pytestmark = pytest.mark.broker
 APP = "tests.event_apps:app"
@@ -107,3 +110,46 @@ def test_children_sharing_stderr_never_split_a_json_line(evapp, queue_name, star
     assert all(line.strip() for line in records), "a blank line: two records were interleaved"
     parsed = [json.loads(line) for line in records]
     assert sum(record.get("tag") == tag for record in parsed) == 1600
+
+
+def test_lifecycle_events_follow_a_task_through_retry_and_dead_letter(evapp, queue_name, start_worker):
+    start_worker([queue_name], 1, app=APP)
+    seen: list[dict] = []
+    stop, ready = threading.Event(), threading.Event()
+    subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), ["task.#"])
+    listener = threading.Thread(
+        target=subscription.run, args=(lambda message: seen.extend(records(message)),),
+        kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
+    )
+    listener.start()
+    assert ready.wait(10)
+    try:
+        succeeding = add.apply_async((2, 3), queue=queue_name)
+        assert succeeding.get(timeout=20) == 5
+        failing = fails_twice.apply_async(("twice",), queue=queue_name)
+        with pytest.raises(TaskError):
+            failing.get(timeout=30)
+        wait_until(lambda: any(e["event"] == "task.dead_lettered" and e["task_id"] == failing.id for e in seen),
+                   what="the dead-letter event")
+        wait_until(lambda: any(e["event"] == "task.succeeded" and e["task_id"] == succeeding.id for e in seen),
+                   what="the success event")
+    finally:
+        stop.set()
+        listener.join(10)
+
+    def kinds(task_id):  # batched per kind, so compare as multisets
+        return Counter(e["event"] for e in seen if e.get("task_id") == task_id)
+
+    assert kinds(succeeding.id) == Counter({"task.received": 1, "task.started": 1, "task.succeeded": 1})
+    assert kinds(failing.id) == Counter(
+        {"task.received": 2, "task.started": 2, "task.failed": 2, "task.retried": 1, "task.dead_lettered": 1}
+    )
+    [done] = [e for e in seen if e["event"] == "task.succeeded"]
+    assert done["runtime"] >= 0 and done["queue"] == queue_name and done["task"] == add.name and done["app"] == "evtests"
+    failures = sorted((e["attempt"], e["exc_type"], e["exc_message"]) for e in seen if e["event"] == "task.failed")
+    assert failures == [(1, "ValueError", "twice"), (2, "ValueError", "twice")]
+    [retried] = [e for e in seen if e["event"] == "task.retried"]
+    assert retried["attempt"] == 1 and retried["delay"] == pytest.approx(0.05) and retried["exc_type"] == "ValueError"
+    [dead] = [e for e in seen if e["event"] == "task.dead_lettered"]
+    assert dead["reason"] == "retries-exhausted" and dead["dead_letter_queue"] == queue_name + ".dead"
+    assert dead["task"] == fails_twice.name
