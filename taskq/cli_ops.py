@@ -18,6 +18,7 @@ import structlog
 
 from taskq import topology
 from taskq.app import App
+from taskq.broker import queue_counts
 from taskq.cli import UserError, app_from_option, app_option, broker_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
@@ -230,14 +231,13 @@ def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> No
     """Delete every ready message in QUEUE (messages being worked on are not touched)."""
     app = load(app_path, broker)
     with broker_errors(app), app.broker.connect() as connection:
-        channel = connection.channel()
         try:
-            _, ready, _ = channel.queue_declare(queue=queue, passive=True)
+            ready, _ = queue_counts(connection, queue)
         except connection.channel_errors:
             raise UserError(f"no queue named {queue!r} on {app.broker.masked_url}") from None
         if not yes:
             click.confirm(f"Delete the {ready} ready messages in {queue!r}?", abort=True)
-        purged = channel.queue_purge(queue)
+        purged = connection.channel().queue_purge(queue)
     click.echo(f"purged {purged} messages from {queue}")
 
 

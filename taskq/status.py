@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from taskq import topology
+from taskq.broker import queue_counts
 from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
@@ -136,13 +137,11 @@ def amqp_counts(app: App, names: list[str], workers: list[WorkerInfo]) -> list[Q
     stats = []
     with app.broker.connect() as connection:
         for name in names:
-            channel = connection.channel()
             try:
-                _, ready, consumers = channel.queue_declare(queue=name, passive=True)
-            except connection.channel_errors:  # 404: the passive declare closed the channel
+                ready, consumers = queue_counts(connection, name)
+            except connection.channel_errors:  # 404
                 stats.append(QueueStats(name, None, None, None, exists=False))
                 continue
-            channel.close()
             stats.append(QueueStats(name, ready, busy.get(name, 0), consumers))
     return stats
 

@@ -114,6 +114,8 @@ class Task:
         Much faster than a loop of ``delay`` for large bursts: publisher confirms are
         pipelined instead of awaited one by one. Returns when the broker has them all.
         """
+        if self.options.exchange and queue is None:  # routed: each message goes where its bindings say
+            return [self.apply_async(args) for args in arguments]
         messages = [
             TaskMessage(id=str(uuid.uuid4()), task=self.name, args=tuple(args)) for args in arguments
         ]
