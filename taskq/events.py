@@ -230,10 +230,6 @@ def install(app: App, queue_names: list[str]) -> Broadcaster:
     return _active
 
 
-def active() -> Broadcaster | None:
-    return _active
-
-
 def attach(connection: Connection) -> None:
     if _active is not None:
         _active.attach(connection)
