@@ -26,7 +26,7 @@ import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlparse
 
 from taskq import topology
@@ -146,7 +146,7 @@ def amqp_counts(app: App, names: list[str], workers: list[WorkerInfo]) -> list[Q
     return stats
 
 
-def listen_for_workers(app: App, duration: float, *, should_stop=lambda: False) -> list[WorkerInfo]:
+def listen_for_workers(app: App, duration: float, *, should_stop: Callable[[], bool] = lambda: False) -> list[WorkerInfo]:
     """Heartbeats (and online/offline) of this app's workers during ``duration`` seconds."""
     latest: dict[tuple[str, int], WorkerInfo] = {}
 
@@ -181,7 +181,8 @@ def listen_for_workers(app: App, duration: float, *, should_stop=lambda: False) 
 
 
 def collect_status(
-    app: App, *, listen: float, counts: str = "auto", queue_names: list[str] | None = None, should_stop=lambda: False
+    app: App, *, listen: float, counts: str = "auto", queue_names: list[str] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Status:
     """Listen for heartbeats, and meanwhile ask for the queue numbers from the best honest source."""
     names = with_dead_letter_queues(queue_names or app.queue_names)
