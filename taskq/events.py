@@ -10,8 +10,8 @@ a task.
 Records are sent in batches: one message holds the records of one flush that share an
 exchange and routing key, as JSON lines (``application/x-ndjson``), and a busy worker
 flushes at most every ``TASKQ_BROADCAST_INTERVAL`` seconds (default 0.1). One message per
-record cost 45% of a no-op task's throughput (``bench/broadcast_cost.py``): a py-amqp
-publish is ~90 µs of Python, and a task makes five records.
+record cost about a third of a no-op task's throughput (``bench/broadcast_cost.py``): a
+py-amqp publish is ~90 µs of Python, and a task makes five records.
 
 Log records carry a per-process sequence number (``seq``), assigned before the drop
 decision, so a listener that sees a gap knows exactly how many lines it missed, whether
