@@ -42,7 +42,7 @@ def test_status_agrees_with_rabbitmqctl_then_purge_empties_the_queue(evapp, amqp
         numbers = {q["name"]: (q["ready"], q["unacked"], q["consumers"]) for q in report["queues"]}
         assert numbers == {queue_name: truth[queue_name], queue_name + ".dead": truth[queue_name + ".dead"]}, counts
         assert numbers[queue_name] == (3, 1, 1)
-        [child] = report["workers"]
+        [child] = [w for w in report["workers"] if w["queues"] == [queue_name]]
         assert child["pid"] == worker.child_pids()[0] and child["ppid"] == worker.pid and child["concurrency"] == 1
         assert child["current"]["task"] == sleepy.name and child["current"]["queue"] == queue_name
         assert child["done"] == 0 and child["queues"] == [queue_name]
@@ -56,11 +56,12 @@ def test_status_agrees_with_rabbitmqctl_then_purge_empties_the_queue(evapp, amqp
 
 
 def test_status_reads_the_app_queues_and_human_output(evapp, broker_url, start_worker):
-    start_worker([evapp.default_queue], 2, app=APP, extra_env=FAST_HEARTBEATS)
+    worker = start_worker([evapp.default_queue], 2, app=APP, extra_env=FAST_HEARTBEATS)
     result = taskq("status", "-A", APP, "--wait", "1.5", broker_url=broker_url)
     assert result.returncode == 0, result.stderr
     assert evapp.default_queue in result.stdout and evapp.default_queue + ".dead" in result.stdout
-    assert "concurrency 2" in result.stdout and result.stdout.count("idle") == 2
+    ours = [line for line in result.stdout.splitlines() if f"(worker {worker.pid}, concurrency 2): idle" in line]
+    assert sorted(int(line.split(" pid ")[1].split()[0]) for line in ours) == sorted(worker.child_pids())
 
 
 def test_call_sends_a_task_and_waits_for_its_result(evapp, broker_url, queue_name, start_worker):
