@@ -11,6 +11,7 @@ from taskq.errors import (
     TaskError,
     TaskqError,
     TimeLimitExceeded,
+    Unroutable,
 )
 from taskq.logs import get_logger
 from taskq.results import AsyncResult
@@ -31,5 +32,6 @@ __all__ = [
     "TaskError",
     "TaskqError",
     "TimeLimitExceeded",
+    "Unroutable",
     "get_logger",
 ]

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable, overload
 
-from taskq import delay, topology
+from taskq import delay, routing, topology
 from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
@@ -57,6 +57,7 @@ class App:
         self.heartbeat = heartbeat
         self.max_priority = max_priority
         self.tasks: dict[str, Task] = {}
+        self.routing = routing.Routing()
         self._explicit_broker_url = broker
         self._broker: Broker | None = None
         self._listener: ReplyListener | None = None
@@ -97,10 +98,12 @@ class App:
         problem = delay.check_queue_name(name) if delayable else None
         if problem:
             raise ConfigurationError(problem)
-        return topology.task_queue(
+        queue = topology.task_queue(
             name, max_priority=self.max_priority, queue_type=self.queue_type, delivery_limit=self.delivery_limit,
             delayable=delayable,
         )
+        queue.bindings.update(self.routing.bindings_for(name))  # app.bind's, beside any the queue has
+        return queue
 
     def dead_letter_queue(self, name: str):
         """The kombu Queue for ``<name>.dead``."""
@@ -113,6 +116,7 @@ class App:
         for task in self.tasks.values():
             if task.options.queue not in names:
                 names.append(task.options.queue)
+        names.extend(name for name in self.routing.queue_names if name not in names)
         return names
 
     # -- tasks ---------------------------------------------------------------------------
@@ -134,6 +138,8 @@ class App:
         retry_for: tuple[type[BaseException], ...] = (Exception,),
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
@@ -150,6 +156,8 @@ class App:
         retry_for=(Exception,),
         time_limit=None,
         soft_time_limit=None,
+        exchange=None,
+        routing_key=None,
     ):
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders", max_retries=3)``.
 
@@ -157,6 +165,9 @@ class App:
         ``retry_for`` are retried after ``retry_backoff * 2**attempt`` seconds (capped by
         ``retry_backoff_max``, jittered unless ``retry_jitter=False``). ``time_limit`` and
         ``soft_time_limit`` are seconds (see docs/reliability.md).
+
+        With ``exchange`` (and ``routing_key``, default the task's name) it is sent through
+        that exchange instead, to whichever queues ``app.bind`` bound to it.
         """
 
         def register(fn: Callable[..., Any]) -> Task:
@@ -174,6 +185,8 @@ class App:
                     ),
                     time_limit=time_limit,
                     soft_time_limit=soft_time_limit,
+                    exchange=exchange,
+                    routing_key=routing_key,
                 )
             except ValueError as exc:
                 raise ConfigurationError(f"task {name or fn.__qualname__}: {exc}") from None
@@ -194,11 +207,16 @@ class App:
         queue: str,
         priority: int | None = None,
         want_result: bool = True,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> AsyncResult:
         """Publish a task message persistently and wait for the broker's confirm.
 
         A message with a future ``eta`` goes into the broker's delay cascade, which hands
         it to ``queue`` when the time comes.
+
+        Through ``exchange``, the message is mandatory: if no binding matches ``routing_key``
+        the broker returns it and this raises ``Unroutable`` instead of losing the task.
         """
         listener = None
         properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
@@ -214,16 +232,17 @@ class App:
                 f"countdown/eta need RabbitMQ (delayed delivery uses its TTLs and dead-lettering); "
                 f"the broker {self.broker.masked_url} has no such thing"
             )
-        exchange, routing_key, delay_entities = delay.route(queue, message.eta, self.queue_type)
+        if exchange:
+            target = self._routed_target(exchange, routing_key or message.task, message.eta)
+        else:
+            delay_exchange, delay_key, delay_entities = delay.route(queue, message.eta, self.queue_type)
+            target = {
+                "exchange": delay_exchange,
+                "routing_key": delay_key,
+                "declare": [self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
+            }
         try:
-            self.broker.publish(
-                message.body(),
-                exchange=exchange,
-                routing_key=routing_key,
-                headers=message.headers(),
-                declare=[self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
-                **properties,
-            )
+            self.broker.publish(message.body(), headers=message.headers(), **target, **properties)
         except BaseException:
             if listener is not None:
                 listener.forget(message.id)
@@ -268,6 +287,62 @@ class App:
         message = TaskMessage(id=str(uuid.uuid4()), task=name, args=tuple(args), kwargs=dict(kwargs or {}))
         target = queue or (task.options.queue if task else self.default_queue)
         return self.send(message, queue=target, want_result=want_result)
+
+    def _routed_target(self, exchange: str, routing_key: str, eta: float | None) -> dict[str, Any]:
+        """Publish arguments for a named exchange: declare it and the app's queues bound to it, so the
+        bindings exist before the first message even if no worker ever ran."""
+        if eta is not None:
+            # The delay cascade delivers to one named queue; the exchange may route to several.
+            raise ConfigurationError(f"countdown/eta can't be combined with routing through exchange {exchange!r}")
+        declare: list[Any] = [self.routing.exchange(exchange)]
+        for name in self.routing.queues_bound_to(exchange):
+            declare += [self.queue(name), self.dead_letter_queue(name)]
+        return {"exchange": exchange, "routing_key": routing_key, "declare": declare, "mandatory": True}
+
+    # -- routing and user events ---------------------------------------------------------
+
+    def bind(self, queue: str, exchange: str, pattern: str, *, exchange_type: str = "topic") -> App:
+        """Bind work queue ``queue`` to ``exchange`` with a routing-key pattern (``*.orange.*``, ``lazy.#``).
+
+        Workers of this app then consume ``queue`` and declare the binding when they start.
+        """
+        self.routing.bind(queue, exchange, pattern, exchange_type)
+        return self
+
+    def on(self, pattern: str, *, group: str | None = None) -> Callable[[Callable[[str, Any], Any]], Callable[[str, Any], Any]]:
+        """Run the decorated ``handler(topic, payload)`` for every user event matching ``pattern``.
+
+        Each ``group`` (default: the app's name) has its own durable queue ``events.<group>``,
+        so every group gets each event once, and the group's workers share the work.
+        """
+
+        def register(function: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+            group_name = group or self.name
+            queue = self.routing.add_handler(pattern, group_name, function)
+            if queue not in self.tasks:
+                options = TaskOptions(name=queue, queue=queue, ignore_result=True)
+                self.tasks[queue] = Task(self, self.routing.dispatcher(group_name), options)
+            return function
+
+        return register
+
+    def publish(self, topic: str, payload: Any = None) -> str:
+        """Publish a user event on the ``taskq.events`` topic exchange: persistent, confirmed.
+
+        Returns the event's id. Groups whose queue exists get it, whether their workers run now
+        or later; an event no group is bound for is dropped, as pub/sub means.
+        """
+        message = TaskMessage(id=str(uuid.uuid4()), task=routing.EVENT_TASK, args=(topic, payload))
+        own_queues = [self.queue(name) for name in self.routing.queues_bound_to(topology.EVENTS_EXCHANGE)]
+        self.broker.publish(
+            message.body(),
+            exchange=topology.EVENTS_EXCHANGE,
+            routing_key=topic,
+            headers={**message.headers(), "topic": topic},
+            declare=[topology.events_exchange(), *own_queues],
+            message_id=message.id,
+        )
+        return message.id
 
     def _reply_listener(self) -> ReplyListener:
         with self._lock:

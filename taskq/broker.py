@@ -14,16 +14,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import ChannelError, MessageNacked
 from kombu import Connection, Producer, Queue
 from kombu.common import maybe_declare
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq import embedded
-from taskq.errors import PublishError
+from taskq.errors import PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
+NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
 PERSISTENT = 2
 TRANSIENT = 1
 
@@ -156,6 +157,17 @@ class Broker:
                             **properties,
                         )
                         return
+                    except ChannelError as exc:
+                        if exc.reply_code != NO_ROUTE:
+                            connection.collect()
+                            raise
+                        # Retrying can't help: no queue is bound for this key. The confirm
+                        # for the returned message is still in flight, so drop the connection.
+                        connection.collect()
+                        raise Unroutable(
+                            f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}; "
+                            "the message was returned, not queued"
+                        ) from None
                     except (MessageNacked, *self.connection_errors):
                         # Drop the broken connection; the pool reconnects it on next use.
                         connection.collect()
@@ -289,6 +301,20 @@ def publish_on(
         confirm_timeout=confirm_timeout,
         **properties,
     )
+
+
+def publish_unconfirmed(
+    channel: Any, body: bytes, *, exchange: str, routing_key: str, content_type: str, headers: dict[str, Any] | None = None
+) -> None:
+    """Publish a transient message without waiting for a confirm: for broadcasts, where speed
+    matters more than a line that a broker crash may lose.
+
+    The worker's connections have confirm mode on for every channel (py-amqp swaps each
+    channel's ``basic_publish`` for a confirming one); the class's ``basic_publish`` is the
+    plain publish underneath that per-channel switch, on py-amqp and virtual transports alike.
+    """
+    message = channel.prepare_message(body, None, content_type, "utf-8", headers or {}, {"delivery_mode": TRANSIENT})
+    type(channel).basic_publish(channel, message, exchange=exchange, routing_key=routing_key)
 
 
 def _publish_outgoing(channel: Any, message: Outgoing) -> None:

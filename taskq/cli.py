@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 import click
 
@@ -42,7 +43,34 @@ broker_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrorsGroup(click.Group):
+    """The ``taskq`` group: a usage mistake (a typo'd command or option, a bad value) is one
+    line on stderr and exit 2, like every ``UserError``, instead of click's usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except NO_ARGS_IS_HELP as exc:  # bare ``taskq``: the help, as click would show it
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (try '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="taskq")
 def main() -> None:
     """taskq: background jobs on RabbitMQ."""
@@ -100,6 +128,12 @@ def banner(app: App, options) -> str:
         f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
         f"  tasks:\n{tasks}"
     )
+
+
+from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status, purge, call; defined beside)
+
+for _command in OPERATOR_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

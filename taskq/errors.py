@@ -16,6 +16,10 @@ class PublishError(TaskqError):
     """The broker did not confirm a publish, even after the bounded retry."""
 
 
+class Unroutable(PublishError):
+    """A mandatory message matched no binding on its exchange: the broker returned it, nothing was queued."""
+
+
 class EncodeError(TaskqError, TypeError):
     """Task arguments or a result cannot be carried as msgpack."""
 

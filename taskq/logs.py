@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -29,16 +30,25 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_pid,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line (PrintLogger writes the line and its newline separately), so
+        # children sharing the supervisor's stderr never interleave two JSON records.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr, force=True)
+
+
+def add_pid(logger: object, method_name: str, event_dict: dict) -> dict:
+    """Every line names its process: the supervisor's own lines and a child's lines outside any task too."""
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
 
 
 def get_logger(**initial_values: object) -> structlog.typing.FilteringBoundLogger:

@@ -28,6 +28,8 @@ class TaskOptions:
     retry: RetryRules = field(default_factory=RetryRules)
     time_limit: float | None = None  # seconds; past it the worker child is replaced and the attempt fails
     soft_time_limit: float | None = None  # seconds; past it SoftTimeLimitExceeded is raised in the task
+    exchange: str | None = None  # a named exchange instead of the queue (see App.bind)
+    routing_key: str | None = None  # with ``exchange``; default the task's name
 
     def __post_init__(self) -> None:
         for name in ("time_limit", "soft_time_limit"):
@@ -72,12 +74,16 @@ class Task:
         task_id: str | None = None,
         countdown: float | None = None,
         eta: dt.datetime | None = None,
+        routing_key: str | None = None,
     ) -> AsyncResult:
         """Send with options. ``expires`` is seconds from now or an aware datetime: a message
         reaching a worker later than that is dead-lettered with reason ``expired``.
 
         ``countdown`` (seconds) or ``eta`` (an aware datetime) delays the run: the broker
         holds the message meanwhile (see ``taskq.delay``), no worker does.
+
+        ``routing_key`` overrides the decorator's for a task sent through an exchange; an
+        explicit ``queue`` sends straight to that queue instead.
         """
         now = time.time()
         run_at = delay.eta_from(countdown, eta, now)
@@ -97,6 +103,8 @@ class Task:
             queue=queue or self.options.queue,
             priority=priority,
             want_result=not self.options.ignore_result,
+            exchange=None if queue else self.options.exchange,
+            routing_key=routing_key or self.options.routing_key,
         )
 
 
@@ -106,6 +114,8 @@ class Task:
         Much faster than a loop of ``delay`` for large bursts: publisher confirms are
         pipelined instead of awaited one by one. Returns when the broker has them all.
         """
+        if self.options.exchange and queue is None:  # routed: each message goes where its bindings say
+            return [self.apply_async(args) for args in arguments]
         messages = [
             TaskMessage(id=str(uuid.uuid4()), task=self.name, args=tuple(args)) for args in arguments
         ]

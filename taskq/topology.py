@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from kombu import Queue, binding
+from kombu import Exchange, Queue, binding
 
 from taskq import delay
 
@@ -72,3 +72,54 @@ def reply_queue() -> Queue:
     """
     name = f"taskq.reply.{uuid.uuid4().hex}"
     return Queue(name, routing_key=name, durable=False, exclusive=True, auto_delete=True)
+
+
+# -- broadcasting and routing -----------------------------------------------------------
+
+LOGS_EXCHANGE = "taskq.logs"
+LIFECYCLE_EXCHANGE = "taskq.lifecycle"
+EVENTS_EXCHANGE = "taskq.events"
+EVENT_QUEUE_PREFIX = "events."
+
+
+def logs_exchange() -> Exchange:
+    """Fanout for every worker's log records: each listener gets every line, nobody listening costs nothing.
+
+    The exchange is durable (declaring it costs nothing and it survives a broker restart,
+    so a worker publishing right after one never hits a missing exchange); the records on
+    it are transient.
+    """
+    return Exchange(LOGS_EXCHANGE, type="fanout", durable=True)
+
+
+def lifecycle_exchange() -> Exchange:
+    """Task and worker lifecycle events, routed by kind (``task.succeeded``, ``worker.heartbeat``).
+
+    A topic exchange, not a second fanout, so ``taskq status`` can bind ``worker.*`` alone and
+    a busy cluster's thousands of task events never crowd heartbeats out of its bounded queue.
+    """
+    return Exchange(LIFECYCLE_EXCHANGE, type="topic", durable=True)
+
+
+def events_exchange() -> Exchange:
+    """The durable topic exchange of user events (``app.publish`` / ``@app.on``), shared by every app."""
+    return Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+
+
+def event_queue_name(group: str) -> str:
+    return EVENT_QUEUE_PREFIX + group
+
+
+def subscriber_queue(exchange: Exchange, binding_keys: list[str], *, max_length: int) -> Queue:
+    """One listener's private queue on a broadcast exchange.
+
+    Exclusive and auto-delete, so it vanishes with the listener; ``x-max-length`` with
+    ``drop-head`` so a listener that can't keep up loses its oldest lines instead of making
+    the broker hold an ever-growing backlog (or push back on the workers that publish).
+    """
+    name = f"taskq.listen.{uuid.uuid4().hex}"
+    arguments = {"x-max-length": max_length, "x-overflow": "drop-head"}
+    bindings = [binding(exchange, routing_key=key) for key in binding_keys]
+    return Queue(
+        name, bindings=bindings, durable=False, exclusive=True, auto_delete=True, queue_arguments=arguments
+    )

@@ -145,6 +145,10 @@ class WorkerProcess:
             raise
 
     def kill(self) -> None:
+        # Freeze the supervisor first: otherwise it sees a child die and forks a replacement
+        # between our listing its children and killing it, and that child lives on, orphaned.
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGSTOP)
         for pid in self.child_pids():
             try:
                 os.kill(pid, signal.SIGKILL)

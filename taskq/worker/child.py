@@ -21,7 +21,7 @@ import structlog
 from kombu import Connection, Consumer
 from kombu.common import maybe_declare
 
-from taskq import copies, delay, topology
+from taskq import copies, delay, events, routing, topology
 from taskq.app import App
 from taskq.broker import publish_on
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
@@ -136,8 +136,10 @@ class ChildWorker(Settling):
             )
             consumer.consume()
             consumers.append(consumer)
+        events.attach(connection)
         log.info("consuming", queues=self.queue_names, pid=os.getpid())
         while not self.stopping:
+            events.tick()
             if self._inbox:
                 self._handle(connection, publish_channel, self._inbox.pop(0))
                 continue
@@ -153,6 +155,7 @@ class ChildWorker(Settling):
         for delivery in self._inbox:
             delivery.message.requeue()
         self._inbox.clear()
+        events.detach()
         connection.release()
 
     def _receiver(self, queue_name: str):
@@ -164,7 +167,9 @@ class ChildWorker(Settling):
     def _handle(self, connection: Connection, publish_channel: Any, delivery: Delivery) -> None:
         message = delivery.message
         try:
-            task_message = decode_task(message.body, message.content_type, message.headers, message.properties)
+            task_message = routing.address(
+                decode_task(message.body, message.content_type, message.headers, message.properties), delivery.queue
+            )
             if task_message.task not in self.app.tasks:
                 unknown = InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
                 self._reply(connection, publish_channel, task_message,
@@ -174,6 +179,7 @@ class ChildWorker(Settling):
         except InvalidMessage as exc:
             self._dead_letter(publish_channel, connection, delivery, exc.reason, exc.detail)
             return
+        events.task_received(task_message, delivery.queue)
         if task_message.is_expired():
             self._reply(connection, publish_channel, task_message,
                         dead_letter_reply(task_message, "expired: arrived after its expiry time").body())
@@ -192,6 +198,7 @@ class ChildWorker(Settling):
 
     def _run(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage) -> None:
         task = self.app.tasks[task_message.task]
+        events.task_started(task_message, delivery.queue)
         bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
         bound.info("task started")
         guard = limits.TaskThreadGuard()
@@ -207,6 +214,9 @@ class ChildWorker(Settling):
         if outcome is None:
             self._hard_time_limit(connection, publish_channel, delivery, task_message)
             return
+        events.task_finished(
+            task_message, delivery.queue, outcome.reply.ok, outcome.runtime, outcome.reply.exc_type, outcome.reply.exc_message
+        )
         if outcome.reply.ok:
             bound.info("task succeeded", runtime=round(outcome.runtime, 6))
         else:
@@ -276,8 +286,11 @@ class ChildWorker(Settling):
             **properties,
         )
         message.ack()
+        events.task_dead_lettered(delivery.queue, reason, detail, message.headers)
         log.error(
             "message dead-lettered",
+            task=headers.get("task"),
+            task_id=headers.get("id"),
             reason=reason,
             detail=detail,
             queue=delivery.queue,
@@ -286,18 +299,21 @@ class ChildWorker(Settling):
 
 
 def keep_connection_alive(connection: Connection) -> None:
-    """Read whatever the broker sent (its heartbeats among it) and send ours if due."""
+    """Read whatever the broker sent (its heartbeats among it) and send ours if due; publish
+    the running task's log lines and our status heartbeat (events.tick)."""
     try:
         while True:
             connection.drain_events(timeout=0.01)
     except socket.timeout:
         pass
     connection.heartbeat_check()
+    events.tick()
 
 
 def child_main(app: App, queue_names: list[str]) -> None:
     """Entry point of a forked child process."""
     app.forget_connections_after_fork()
+    events.install(app, queue_names)
     worker = ChildWorker(app, queue_names)
     worker.owns_process = True
     worker.install_signal_handlers()

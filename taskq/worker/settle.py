@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from kombu import Connection
 
-from taskq import copies, delay, retry
+from taskq import copies, delay, events, retry
 from taskq.broker import publish_on
 from taskq.errors import TimeLimitExceeded
 from taskq.message import Reply, TaskMessage
@@ -60,6 +60,8 @@ class Settling:
                                 eta=time.time() + wait if wait > 0 else None)
                 self._resend(connection, publish_channel, delivery, again)
                 delivery.message.ack()
+                events.task_retried(task_message, delivery.queue, delay=round(wait, 3),
+                                    exc_type=outcome.reply.exc_type, exc_message=outcome.reply.exc_message)
                 log.info("task will be retried", task=task.name, task_id=task_message.id,
                          attempt=again.attempts + 1, countdown=round(decision.countdown, 3))
                 return
@@ -82,6 +84,7 @@ class Settling:
                   task=task.name, task_id=task_message.id, time_limit=task.options.time_limit)
         outcome = Outcome(reply=failure(task_message.id, exc), body=failure(task_message.id, exc).body(),
                           runtime=task.options.time_limit or 0.0, exception=exc)
+        events.task_finished(task_message, delivery.queue, False, outcome.runtime, outcome.reply.exc_type, str(exc))
         if not self.owns_process:
             # In-process worker: settle, and leave the stuck (daemon) thread behind.
             self._settle(connection, publish_channel, delivery, task_message, outcome)
@@ -89,6 +92,7 @@ class Settling:
             return
         try:
             self._settle(connection, publish_channel, delivery, task_message, outcome)
+            events.detach()  # publish what this child still holds, and say it is going
             close_within(connection, seconds=5.0)  # the close handshake proves the ack arrived
         finally:
             os._exit(limits.EXIT_TIME_LIMIT)

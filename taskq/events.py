@@ -1,0 +1,286 @@
+"""Broadcasting from a worker child: its log records and its lifecycle events, out of the task's way.
+
+Any thread may log or emit an event, but only the child's main thread may touch the
+connection (AMQP channels are not thread-safe). So a record is serialised where it is
+made, put on a bounded in-memory queue, and published by the main loop between its other
+work (``tick``): transient, unconfirmed, on a channel of its own. A full queue drops the
+record and counts it. Nothing here waits on the broker from a task's thread or raises into
+a task.
+
+Records are sent in batches: one message holds the records of one flush that share an
+exchange and routing key, as JSON lines (``application/x-ndjson``), and a busy worker
+flushes at most every ``TASKQ_BROADCAST_INTERVAL`` seconds (default 0.1). One message per
+record cost about a third of a no-op task's throughput (``bench/broadcast_cost.py``): a
+py-amqp publish is ~90 µs of Python, and a task makes five records.
+
+Log records carry a per-process sequence number (``seq``), assigned before the drop
+decision, so a listener that sees a gap knows exactly how many lines it missed, whether
+they were dropped here or in its own bounded queue on the broker.
+
+The child calls the module functions (``attach``, ``tick``, ``task_started`` ...) at clear
+points of its loop; each is a no-op in a process that never called ``install``, so the
+task path and the tests of other modules don't need a broker for events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from taskq import topology
+from taskq.broker import publish_unconfirmed
+
+if TYPE_CHECKING:
+    from kombu import Connection
+
+    from taskq.app import App
+    from taskq.message import TaskMessage
+
+HEARTBEAT_INTERVAL_ENV = "TASKQ_HEARTBEAT_INTERVAL"
+BROADCAST_ENV = "TASKQ_BROADCAST"  # "off": no log records and no task events leave the worker
+FLUSH_INTERVAL_ENV = "TASKQ_BROADCAST_INTERVAL"
+BATCH_ENV = "TASKQ_BROADCAST_BATCH"  # most records in one message
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_FLUSH_INTERVAL = 0.1
+DEFAULT_BATCH = 500
+DEFAULT_CAPACITY = 10_000
+NDJSON = "application/x-ndjson"
+
+
+def number_from_env(name: str, default: float, minimum: float) -> float:
+    try:
+        return max(minimum, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+class Broadcaster:
+    """One child's outgoing log records and events, and the state its heartbeats report."""
+
+    def __init__(
+        self,
+        app_name: str,
+        queue_names: list[str],
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        batch: int = DEFAULT_BATCH,
+        broadcast: bool = True,
+    ) -> None:
+        self.app_name = app_name
+        self.queue_names = list(queue_names)
+        self.heartbeat_interval = heartbeat_interval
+        self.flush_interval = flush_interval
+        self.batch = batch
+        self.broadcast = broadcast
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.ppid = os.getppid()
+        self.dropped = 0
+        self.tasks_done = 0
+        self.tasks_failed = 0
+        self.current: dict[str, Any] | None = None
+        self._pending: queue.Queue[tuple[str, str, bytes]] = queue.Queue(capacity)
+        self._sequence = itertools.count(1)
+        self._drop_lock = threading.Lock()
+        self._channel: Any = None
+        self._next_heartbeat = 0.0
+        self._next_flush = 0.0
+
+    # -- any thread ----------------------------------------------------------------------
+
+    def log_processor(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        """structlog processor: queue a copy of the record for the logs fanout; pass it on unchanged."""
+        if self.broadcast:
+            record = {**event_dict, "host": self.host, "app": self.app_name, "seq": next(self._sequence)}
+            record.setdefault("pid", self.pid)
+            self._put(topology.LOGS_EXCHANGE, "", record)
+        return event_dict
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Queue a lifecycle event; ``kind`` is its routing key, e.g. ``task.succeeded``."""
+        if not self.broadcast and kind.startswith("task."):
+            return
+        record = {"event": kind, "timestamp": time.time(), "host": self.host, "pid": self.pid, "app": self.app_name}
+        record.update(fields)
+        self._put(topology.LIFECYCLE_EXCHANGE, kind, record)
+
+    def _put(self, exchange: str, routing_key: str, record: dict[str, Any]) -> None:
+        try:
+            body = json.dumps(record, default=repr).encode()
+            self._pending.put_nowait((exchange, routing_key, body))
+        except Exception:  # queue.Full, or a value json can't even repr: drop, count, never raise
+            with self._drop_lock:
+                self.dropped += 1
+
+    # -- the child's main thread ---------------------------------------------------------
+
+    def attach(self, connection: Connection) -> None:
+        """On each (re)connection: a channel of our own and the exchanges, then ``worker.online``."""
+        channel = connection.channel()
+        for exchange in (topology.logs_exchange(), topology.lifecycle_exchange()):
+            exchange(channel).declare()
+        self._channel = channel
+        self.emit("worker.online", **self.status())
+        self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self.flush()
+
+    def detach(self) -> None:
+        """On a clean stop: ``worker.offline``, so status forgets us now rather than after a timeout."""
+        if self._channel is not None:
+            self.emit("worker.offline", **self.status())
+            self.flush()
+            self._channel = None
+
+    def tick(self) -> None:
+        """Send a heartbeat if one is due; publish what is queued if the last flush is old enough."""
+        if self._channel is None:
+            return
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self.emit("worker.heartbeat", **self.status())
+            self._next_heartbeat = now + self.heartbeat_interval
+        if now >= self._next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish queued records, batched per exchange and routing key, in the order they came.
+
+        A broken connection raises to the child's reconnect loop.
+        """
+        channel = self._channel
+        if channel is None:
+            return
+        self._next_flush = time.monotonic() + self.flush_interval
+        batches: dict[tuple[str, str], list[bytes]] = {}
+        while True:
+            try:
+                exchange, routing_key, body = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            lines = batches.setdefault((exchange, routing_key), [])
+            lines.append(body)
+            if len(lines) >= self.batch:
+                self._publish(exchange, routing_key, batches.pop((exchange, routing_key)))
+        for (exchange, routing_key), lines in batches.items():
+            self._publish(exchange, routing_key, lines)
+
+    def _publish(self, exchange: str, routing_key: str, lines: list[bytes]) -> None:
+        body = b"\n".join(lines)
+        publish_unconfirmed(self._channel, body, exchange=exchange, routing_key=routing_key, content_type=NDJSON)
+
+    def status(self) -> dict[str, Any]:
+        """What a heartbeat tells ``taskq status`` about this child."""
+        return {
+            "ppid": self.ppid,
+            "queues": self.queue_names,
+            "current": self.current,
+            "done": self.tasks_done,
+            "failed": self.tasks_failed,
+            "dropped": self.dropped,
+            "interval": self.heartbeat_interval,
+        }
+
+    # -- lifecycle bookkeeping ------------------------------------------------------------
+
+    def task_started(self, fields: dict[str, Any]) -> None:
+        self.current = {**fields, "since": time.time()}
+        self.emit("task.started", **fields)
+
+    def task_finished(self, fields: dict[str, Any], ok: bool, runtime: float, exc_type: str, exc_message: str) -> None:
+        self.current = None
+        self.tasks_done += 1
+        if ok:
+            self.emit("task.succeeded", runtime=runtime, **fields)
+        else:
+            self.tasks_failed += 1
+            self.emit("task.failed", runtime=runtime, exc_type=exc_type, exc_message=exc_message, **fields)
+
+
+_active: Broadcaster | None = None
+
+
+def install(app: App, queue_names: list[str]) -> Broadcaster:
+    """In a worker child: start broadcasting this process's log records and events.
+
+    The processor goes just before the renderer, so a broadcast record has the level,
+    timestamp, task context and formatted exception the local line has.
+    """
+    global _active
+    _active = Broadcaster(
+        app.name,
+        queue_names,
+        heartbeat_interval=number_from_env(HEARTBEAT_INTERVAL_ENV, DEFAULT_HEARTBEAT_INTERVAL, 0.1),
+        flush_interval=number_from_env(FLUSH_INTERVAL_ENV, DEFAULT_FLUSH_INTERVAL, 0.0),
+        batch=int(number_from_env(BATCH_ENV, DEFAULT_BATCH, 1)),
+        broadcast=os.environ.get(BROADCAST_ENV, "on").lower() not in ("off", "0", "false", "no"),
+    )
+    processors = list(structlog.get_config()["processors"])
+    processors.insert(max(len(processors) - 1, 0), _active.log_processor)
+    structlog.configure(processors=processors)
+    return _active
+
+
+def attach(connection: Connection) -> None:
+    if _active is not None:
+        _active.attach(connection)
+
+
+def detach() -> None:
+    if _active is not None:
+        _active.detach()
+
+
+def tick() -> None:
+    if _active is not None:
+        _active.tick()
+
+
+def task_fields(message: TaskMessage, queue_name: str) -> dict[str, Any]:
+    return {"task": message.task, "task_id": message.id, "queue": queue_name, "attempt": message.attempts + 1}
+
+
+def task_received(message: TaskMessage, queue_name: str) -> None:
+    if _active is not None:
+        _active.emit("task.received", **task_fields(message, queue_name))
+
+
+def task_started(message: TaskMessage, queue_name: str) -> None:
+    if _active is not None:
+        _active.task_started(task_fields(message, queue_name))
+
+
+def task_finished(message: TaskMessage, queue_name: str, ok: bool, runtime: float, exc_type: str = "", exc_message: str = "") -> None:
+    """``task.succeeded`` with its runtime, or ``task.failed`` with the exception."""
+    if _active is not None:
+        _active.task_finished(task_fields(message, queue_name), ok, runtime, exc_type, exc_message)
+
+
+def task_retried(message: TaskMessage, queue_name: str, *, delay: float | None = None, exc_type: str = "", exc_message: str = "") -> None:
+    """Hook for the retry machinery: the task failed and was sent again, after ``delay`` seconds."""
+    if _active is not None:
+        _active.emit("task.retried", delay=delay, exc_type=exc_type, exc_message=exc_message, **task_fields(message, queue_name))
+
+
+def task_dead_lettered(queue_name: str, reason: str, detail: str, headers: dict[str, Any] | None = None) -> None:
+    """The message went to ``<queue>.dead``; task name and id when its headers had them."""
+    if _active is not None:
+        headers = headers or {}
+        _active.emit(
+            "task.dead_lettered",
+            queue=queue_name,
+            dead_letter_queue=topology.dead_letter_queue_name(queue_name),
+            reason=reason,
+            detail=detail,
+            task=headers.get("task"),
+            task_id=headers.get("id"),
+        )

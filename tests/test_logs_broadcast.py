@@ -1,0 +1,158 @@
+"""Worker log records over the taskq.logs fanout, read by real ``taskq logs`` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+
+from taskq import TaskError, topology
+from taskq.subscriber import Subscription, records
+from tests.cli_helpers import FAST_HEARTBEATS, rabbitmqctl_queues, delete_prefixed_entities, evapp, listeners  # noqa: F401 (fixtures)
+from tests.conftest import wait_until
+from tests.event_apps import add, boom, chatty, fails_twice
+
+pytestmark = pytest.mark.broker
+APP = "tests.event_apps:app"
+
+
+def summary(stderr: str) -> tuple[int, int]:
+    received, missed = re.search(r"received (\d+) lines, missed (\d+)", stderr).groups()
+    return int(received), int(missed)
+
+
+def test_every_subscriber_gets_every_line_with_the_task_context(evapp, queue_name, start_worker, listeners, tmp_path):
+    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    log_file = tmp_path / "worker-lines.jsonl"
+    log_file.write_text("")  # --output appends
+    to_file = listeners("logs", "-A", APP, "--json", "--output", str(log_file), name="to-file")
+    to_screen = listeners("logs", "-A", APP, "--json", name="to-screen")
+    warnings = listeners("logs", "-A", APP, "--json", "--level", "warning", "--task", chatty.name, name="warnings")
+    tag = uuid.uuid4().hex
+    assert chatty.apply_async((30, tag), queue=queue_name).get(timeout=20) == 30
+    assert chatty.apply_async((3, tag, "warning"), queue=queue_name).get(timeout=20) == 3
+    with pytest.raises(TaskError):
+        boom.apply_async(("kaput",), queue=queue_name).get(timeout=20)
+
+    def read_file():
+        return to_file.json_lines(log_file.read_text())
+
+    def has_failure(lines):
+        return any(line["event"] == "task failed" and line["task"] == boom.name for line in lines)
+
+    wait_until(lambda: has_failure(read_file()) and has_failure(to_screen.json_lines()), what="the failure line everywhere")
+    wait_until(lambda: len(warnings.json_lines()) >= 3, what="three warnings")
+    for listener in (to_file, to_screen, warnings):
+        assert summary(listener.stop())[1] == 0
+
+    # The worker's start-up lines may come before one listener was bound: compare task lines.
+    file_lines = [line for line in read_file() if "task_id" in line]
+    screen_lines = [line for line in to_screen.json_lines() if "task_id" in line]
+    assert file_lines == screen_lines  # the same lines, in the same order
+    [child_pid] = worker.child_pids()
+    chatty_lines = [line for line in file_lines if line.get("tag") == tag]
+    assert [(line["level"], line["index"]) for line in chatty_lines] == [("info", i) for i in range(30)] + [("warning", i) for i in range(3)]
+    for line in chatty_lines:
+        assert line["task"] == chatty.name and line["queue"] == queue_name and line["attempt"] == 1
+        assert line["pid"] == child_pid and line["app"] == "evtests" and isinstance(line["seq"], int)
+    seqs = [line["seq"] for line in file_lines if line["pid"] == child_pid]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost on the way
+
+    succeeded = [line for line in file_lines if line["event"] == "task succeeded" and line["task"] == chatty.name]
+    assert len(succeeded) == 2 and all(line["runtime"] >= 0 and line["pid"] == child_pid for line in succeeded)
+    [failed] = [line for line in file_lines if line["event"] == "task failed"]
+    assert failed["exc_type"] == "ValueError" and failed["exc_message"] == "kaput" and failed["task_id"]
+
+    assert [(line["level"], line["index"]) for line in warnings.json_lines()] == [("warning", i) for i in range(3)]
+
+
+def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, queue_name, start_worker, listeners):
+    # One line per message, so the listener's x-max-length of 5 counts lines.
+    worker = start_worker([queue_name], 1, app=APP, extra_env={**FAST_HEARTBEATS, "TASKQ_BROADCAST_BATCH": "1"})
+    [child_pid] = worker.child_pids()
+    keeping_up = listeners("logs", "-A", APP, "--json", name="keeping-up")
+    slow = listeners("logs", "-A", APP, "--json", "--max-length", "5", name="slow")
+    slow.process.send_signal(signal.SIGSTOP)
+
+    def finished(listener, task_id):
+        return any(line["event"] == "task succeeded" and line.get("task_id") == task_id for line in listener.json_lines())
+
+    try:
+        result = chatty.apply_async((300, uuid.uuid4().hex), queue=queue_name)
+        result.get(timeout=30)
+        # The fanout enqueues every line in both queues at once: when the listener that keeps
+        # up has the last line, the stopped one's queue has had all of them.
+        wait_until(lambda: finished(keeping_up, result.id), what="the last line")
+        # x-max-length: the broker kept only the newest (an exclusive queue: only rabbitmqctl may look)
+        assert rabbitmqctl_queues()[slow.queue_name][0] == 5
+    finally:
+        slow.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: finished(slow, result.id), what="slow catching up")
+    received, missed = summary(slow.stop())
+    ours = [line for line in slow.json_lines() if line["pid"] == child_pid]
+    span = ours[-1]["seq"] - ours[0]["seq"] + 1
+    reported = sum(int(n) for n in re.findall(rf"missed (\d+) lines from \S+ pid {child_pid}\b", slow.stderr()))
+    assert reported == span - len(ours)  # every line of the span is either printed or counted
+    assert reported >= 300 - 100 - 5  # at most its prefetch plus its queue survived
+    assert received >= len(ours) and missed >= reported
+    assert summary(keeping_up.stop())[1] == 0
+
+
+def test_children_sharing_stderr_never_split_a_json_line(evapp, queue_name, start_worker):
+    worker = start_worker([queue_name], 2, app=APP)
+    tag = uuid.uuid4().hex
+    results = [chatty.apply_async((400, tag), queue=queue_name) for _ in range(4)]
+    assert [result.get(timeout=60) for result in results] == [400] * 4
+    worker.stop()
+    records = [line for line in worker.log().splitlines() if line.startswith("{") or not line.strip()]
+    assert all(line.strip() for line in records), "a blank line: two records were interleaved"
+    parsed = [json.loads(line) for line in records]
+    assert sum(record.get("tag") == tag for record in parsed) == 1600
+
+
+def test_lifecycle_events_follow_a_task_through_retry_and_dead_letter(evapp, queue_name, start_worker):
+    start_worker([queue_name], 1, app=APP)
+    seen: list[dict] = []
+    stop, ready = threading.Event(), threading.Event()
+    subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), ["task.#"])
+    listener = threading.Thread(
+        target=subscription.run, args=(lambda message: seen.extend(records(message)),),
+        kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
+    )
+    listener.start()
+    assert ready.wait(10)
+    try:
+        succeeding = add.apply_async((2, 3), queue=queue_name)
+        assert succeeding.get(timeout=20) == 5
+        failing = fails_twice.apply_async(("twice",), queue=queue_name)
+        with pytest.raises(TaskError):
+            failing.get(timeout=30)
+        wait_until(lambda: any(e["event"] == "task.dead_lettered" and e["task_id"] == failing.id for e in seen),
+                   what="the dead-letter event")
+        wait_until(lambda: any(e["event"] == "task.succeeded" and e["task_id"] == succeeding.id for e in seen),
+                   what="the success event")
+    finally:
+        stop.set()
+        listener.join(10)
+
+    def kinds(task_id):  # batched per kind, so compare as multisets
+        return Counter(e["event"] for e in seen if e.get("task_id") == task_id)
+
+    assert kinds(succeeding.id) == Counter({"task.received": 1, "task.started": 1, "task.succeeded": 1})
+    assert kinds(failing.id) == Counter(
+        {"task.received": 2, "task.started": 2, "task.failed": 2, "task.retried": 1, "task.dead_lettered": 1}
+    )
+    [done] = [e for e in seen if e["event"] == "task.succeeded"]
+    assert done["runtime"] >= 0 and done["queue"] == queue_name and done["task"] == add.name and done["app"] == "evtests"
+    failures = sorted((e["attempt"], e["exc_type"], e["exc_message"]) for e in seen if e["event"] == "task.failed")
+    assert failures == [(1, "ValueError", "twice"), (2, "ValueError", "twice")]
+    [retried] = [e for e in seen if e["event"] == "task.retried"]
+    assert retried["attempt"] == 1 and retried["delay"] == pytest.approx(0.05) and retried["exc_type"] == "ValueError"
+    [dead] = [e for e in seen if e["event"] == "task.dead_lettered"]
+    assert dead["reason"] == "retries-exhausted" and dead["dead_letter_queue"] == queue_name + ".dead"
+    assert dead["task"] == fails_twice.name
