@@ -304,16 +304,27 @@ def publish_on(
 
 
 def publish_unconfirmed(
-    channel: Any, body: bytes, *, exchange: str, routing_key: str, content_type: str, headers: dict[str, Any] | None = None
+    channel: Any,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    content_type: str,
+    content_encoding: str = "utf-8",
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
 ) -> None:
-    """Publish a transient message without waiting for a confirm: for broadcasts, where speed
-    matters more than a line that a broker crash may lose.
+    """Publish a transient message without waiting for a confirm: for broadcasts and replies,
+    where a confirm would promise nothing a broker crash wouldn't take away anyway (the
+    message is transient, and a reply's queue is exclusive: it dies with the broker too).
 
     The worker's connections have confirm mode on for every channel (py-amqp swaps each
     channel's ``basic_publish`` for a confirming one); the class's ``basic_publish`` is the
     plain publish underneath that per-channel switch, on py-amqp and virtual transports alike.
     """
-    message = channel.prepare_message(body, None, content_type, "utf-8", headers or {}, {"delivery_mode": TRANSIENT})
+    message = channel.prepare_message(
+        body, None, content_type, content_encoding, headers or {}, {"delivery_mode": TRANSIENT, **(properties or {})}
+    )
     type(channel).basic_publish(channel, message, exchange=exchange, routing_key=routing_key)
 
 

@@ -122,6 +122,7 @@ class ChildWorker(Settling):
         consume_channel.basic_qos(0, 1, True)
         consume_channel.basic_qos(0, 1, False)
         publish_channel = connection.channel()
+        self._reply_channel = connection.channel()
         # Retries and re-delays go through the cascade: declare it now (and mark it declared
         # for this connection) so a retry never waits on ~130 declarations.
         if self.app.broker_delays:

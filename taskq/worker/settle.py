@@ -18,9 +18,9 @@ import structlog
 from kombu import Connection
 
 from taskq import copies, delay, events, retry
-from taskq.broker import publish_on
+from taskq.broker import publish_on, publish_unconfirmed
 from taskq.errors import TimeLimitExceeded
-from taskq.message import Reply, TaskMessage
+from taskq.message import CONTENT_ENCODING, CONTENT_TYPE, Reply, TaskMessage
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, failure
 
@@ -38,6 +38,7 @@ class Settling:
     app: App
     owns_process: bool
     _executor: limits.TaskThreads
+    _reply_channel: Any
 
     def _settle(self, connection: Connection, publish_channel: Any, delivery: Delivery,
                 task_message: TaskMessage, outcome: Outcome) -> None:
@@ -101,13 +102,17 @@ class Settling:
         task = self.app.tasks.get(task_message.task)
         if not task_message.reply_to or (task is not None and task.options.ignore_result):
             return
-        publish_on(
-            connection,
+        # Unconfirmed, on a channel of its own: waiting for a confirm cost a round trip per
+        # task and protects nothing (see publish_unconfirmed). Sent before the ack, on the
+        # same socket, so a reply is never missing for a task the broker saw acked.
+        publish_unconfirmed(
+            self._reply_channel,
             body,
+            exchange="",
             routing_key=task_message.reply_to,
-            persistent=False,
-            correlation_id=task_message.id,
-            channel=publish_channel,
+            content_type=CONTENT_TYPE,
+            content_encoding=CONTENT_ENCODING,
+            properties={"correlation_id": task_message.id},
         )
 
     def _resend(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage) -> None:
