@@ -8,6 +8,9 @@
 2. round trip: 1,000 sequential request/reply calls to a consumer in another process
    (publish to a queue, it replies to an exclusive reply queue); p50/p99 in ms.
 3. idle: CPU a consumer burns while waiting on an empty queue.
+4. delays: --delays messages, each delayed 1-300 ms through a 32-level TTL/dead-letter
+   cascade (taskq's broker-native delays, built as RabbitMQ wants them), to a consumer in
+   another process; how late each arrives after its due time, p50/max in ms.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import resource
 import shutil
 import socket
@@ -27,7 +31,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from kombu import Connection, Consumer, Producer, Queue  # noqa: E402
+from kombu import Connection, Consumer, Exchange, Producer, Queue  # noqa: E402
 
 import taskq.embedded  # noqa: E402,F401  (registers the taskq+sqlite transport)
 
@@ -191,6 +195,81 @@ def measure_idle_cpu(url: str, seconds: float) -> float:
     return share
 
 
+# -- delays ------------------------------------------------------------------------------
+
+LEVELS = 32
+DELAYED_QUEUE = "bench.delayed"
+
+
+def level_name(level: int) -> str:
+    return f"bench.delay.{level:02d}"
+
+
+def declare_cascade(connection: Connection) -> None:
+    """Level k: a topic exchange and a queue holding messages 2**k ms; a 1 bit in the
+    routing key goes through the level's queue, a 0 bit straight to the next exchange."""
+    channel = connection.channel()
+    deliver = Exchange("bench.delay.deliver", "topic", channel=channel)
+    deliver.declare()
+    for level in range(LEVELS):
+        Exchange(level_name(level), "topic", channel=channel).declare()
+    for level in range(LEVELS - 1, -1, -1):
+        skip = "*." * (LEVELS - 1 - level)
+        next_exchange = level_name(level - 1) if level else deliver.name
+        Queue(
+            level_name(level),
+            Exchange(level_name(level), "topic"),
+            routing_key=skip + "1.#",
+            queue_arguments={"x-message-ttl": 2**level, "x-dead-letter-exchange": next_exchange},
+        )(channel).declare()
+        Exchange(next_exchange, "topic", channel=channel).bind_to(level_name(level), routing_key=skip + "0.#")
+    Queue(DELAYED_QUEUE, deliver, routing_key="*." * LEVELS + DELAYED_QUEUE)(channel).declare()
+
+
+def delayed_consumer(url: str, count: int, ready, results) -> None:
+    with Connection(url) as connection:
+        lateness: list[float] = []
+
+        def on_message(body, message) -> None:
+            lateness.append((time.time() - body["due"]) * 1000)
+            message.ack()
+
+        with Consumer(connection.channel(), [Queue(DELAYED_QUEUE)], callbacks=[on_message]):
+            ready.set()
+            deadline = time.monotonic() + 60
+            while len(lateness) < count and time.monotonic() < deadline:
+                try:
+                    connection.drain_events(timeout=1.0)
+                except socket.timeout:
+                    pass
+    results.put(lateness)
+
+
+def measure_delay_lateness(url: str, count: int) -> list[float]:
+    with Connection(url) as connection:
+        declare_cascade(connection)
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Event(), context.Queue()
+    consumer = context.Process(target=delayed_consumer, args=(url, count, ready, results))
+    consumer.start()
+    if not ready.wait(60):
+        raise SystemExit("delayed consumer did not start")
+    chooser = random.Random(7)
+    with Connection(url) as connection:
+        producer = Producer(connection.channel())
+        for _ in range(count):
+            delay_ms = chooser.randint(1, 300)
+            key = ".".join(f"{delay_ms:0{LEVELS}b}") + "." + DELAYED_QUEUE
+            due = time.time() + delay_ms / 1000
+            producer.publish({"due": due}, exchange=level_name(LEVELS - 1), routing_key=key, serializer="json")
+            time.sleep(0.005)  # spread the due times, as real delayed tasks are
+    lateness = results.get(timeout=120)
+    consumer.join()
+    if len(lateness) != count:
+        raise SystemExit(f"{len(lateness)} of {count} delayed messages arrived")
+    return lateness
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -200,6 +279,7 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=1_000)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--skip-filesystem", action="store_true")
+    parser.add_argument("--delays", type=int, default=200, help="delayed messages; 0 skips the measure")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="taskq-bench-"))
@@ -223,6 +303,10 @@ def main() -> None:
         rows.append((f"embedded: request/reply x{len(timings):,}, p99", f"{quantiles[98]:.2f} ms"))
         idle = measure_idle_cpu(url, args.idle_seconds)
         rows.append((f"embedded: idle consumer CPU over {args.idle_seconds:g} s", f"{idle * 100:.2f} % of a core"))
+        if args.delays:
+            lateness = measure_delay_lateness(url, args.delays)
+            rows.append((f"embedded: 32-level delay x{args.delays}, late p50", f"{statistics.median(lateness):.1f} ms"))
+            rows.append((f"embedded: 32-level delay x{args.delays}, late max", f"{max(lateness):.1f} ms"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -220,11 +220,13 @@ def test_ack_from_another_thread_wakes_the_draining_thread(url: str) -> None:
 
             def ack_soon() -> None:
                 time.sleep(0.05)  # let the main thread fall asleep in drain_events first
+                acked_at.append(time.monotonic())  # before: the delivery may beat the line after ack()
                 received[0].ack()
-                acked_at.append(time.monotonic())
 
-            threading.Thread(target=ack_soon).start()
+            acker = threading.Thread(target=ack_soon)
+            acker.start()
             drain(connection, received, 2)
+            acker.join(5)
         assert received[1].payload == "second"
         assert time.monotonic() - acked_at[0] < 0.5
 

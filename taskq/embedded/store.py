@@ -23,6 +23,10 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
+from taskq.embedded import deadletter
+from taskq.embedded.processes import ProcessIdentity, is_alive
+from taskq.embedded.routing import publish_sql, topic_matches
+from taskq.embedded.schema import SCHEMA_VERSION, create_or_upgrade, queue_settings
 from taskq.errors import TaskqError
 
 T = TypeVar("T")
@@ -35,109 +39,32 @@ FIRST_RETRY_PAUSE = 0.0001
 LONGEST_RETRY_PAUSE = 0.05
 #: How long we keep retrying before telling the caller the broker is stuck.
 GIVE_UP_AFTER_SECONDS = 60.0
-#: Stored as PRAGMA user_version; bump it when the tables change shape (there are no
-#: migrations yet: CREATE ... IF NOT EXISTS only adds what is missing).
-SCHEMA_VERSION = 1
-
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS exchanges (
-    name        TEXT PRIMARY KEY,
-    type        TEXT NOT NULL,
-    durable     INTEGER NOT NULL,
-    auto_delete INTEGER NOT NULL,
-    arguments   TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS queues (
-    name             TEXT PRIMARY KEY,
-    durable          INTEGER NOT NULL,
-    auto_delete      INTEGER NOT NULL,
-    max_priority     INTEGER NOT NULL,
-    arguments        TEXT NOT NULL,
-    had_consumer     INTEGER NOT NULL DEFAULT 0,
-    -- set only for exclusive queues: the connection that may use it, and dies with it
-    owner_pid        INTEGER,
-    owner_start      INTEGER,
-    owner_connection INTEGER
-);
-CREATE INDEX IF NOT EXISTS queues_exclusive
-    ON queues (owner_pid, owner_start) WHERE owner_pid IS NOT NULL;
-CREATE TABLE IF NOT EXISTS bindings (
-    exchange    TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    queue       TEXT NOT NULL,
-    PRIMARY KEY (exchange, routing_key, queue)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bindings_by_queue ON bindings (queue);
-CREATE TABLE IF NOT EXISTS messages (
-    id            INTEGER PRIMARY KEY,
-    queue         TEXT NOT NULL,
-    priority      INTEGER NOT NULL,
-    payload       TEXT NOT NULL,
-    redelivered   INTEGER NOT NULL DEFAULT 0,
-    -- set while a consumer holds the message unacked
-    owner_pid     INTEGER,
-    owner_start   INTEGER,
-    owner_channel INTEGER
-);
-CREATE INDEX IF NOT EXISTS messages_ready
-    ON messages (queue, priority DESC, id) WHERE owner_pid IS NULL;
-CREATE INDEX IF NOT EXISTS messages_reserved
-    ON messages (owner_pid, owner_start, owner_channel) WHERE owner_pid IS NOT NULL;
-CREATE TABLE IF NOT EXISTS consumers (
-    queue        TEXT NOT NULL,
-    tag          TEXT NOT NULL,
-    pid          INTEGER NOT NULL,
-    start        INTEGER NOT NULL,
-    channel      INTEGER NOT NULL,
-    wake_address TEXT,
-    PRIMARY KEY (pid, start, channel, tag)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS consumers_by_queue ON consumers (queue);
-INSERT OR IGNORE INTO exchanges VALUES
-    ('amq.direct', 'direct', 1, 0, '{}'),
-    ('amq.fanout', 'fanout', 1, 0, '{}'),
-    ('amq.topic', 'topic', 1, 0, '{}');
-"""
 
 # One statement, so the pick and the reservation are atomic: a write statement takes
 # the write lock before it reads, and two consumers can never reserve the same row.
 _RESERVE_NEXT = """
 UPDATE messages SET owner_pid = ?, owner_start = ?, owner_channel = ?
 WHERE id = (SELECT id FROM messages WHERE queue = ? AND owner_pid IS NULL
+            AND (expires_at IS NULL OR expires_at > ?)
             ORDER BY priority DESC, id LIMIT 1)
 RETURNING id, payload, redelivered
 """
 _REMOVE_NEXT = """
 DELETE FROM messages
 WHERE id = (SELECT id FROM messages WHERE queue = ? AND owner_pid IS NULL
+            AND (expires_at IS NULL OR expires_at > ?)
             ORDER BY priority DESC, id LIMIT 1)
 RETURNING id, payload, redelivered
 """
-_RELEASE = "owner_pid = NULL, owner_start = NULL, owner_channel = NULL, redelivered = 1"
-
-# Routing happens inside the INSERT: one statement per publish whatever the fan-out,
-# and a message to a queue nobody declared is dropped, as RabbitMQ drops it.
-_ROUTE_INTO = "INSERT INTO messages (queue, priority, payload) "
-_PRIORITY = "MIN(MAX(?, 0), q.max_priority)"
-_ROUTES = {
-    "": "SELECT q.name, " + _PRIORITY + ", ? FROM queues q WHERE q.name = ?",
-    "direct": (
-        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
-        " WHERE b.exchange = ? AND b.routing_key = ?"
-    ),
-    "topic": (
-        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
-        " WHERE b.exchange = ? AND taskq_topic_match(b.routing_key, ?)"
-    ),
-    "fanout": (
-        "SELECT DISTINCT q.name, " + _PRIORITY + ", ? FROM bindings b JOIN queues q ON q.name = b.queue"
-        " WHERE b.exchange = ?"
-    ),
-}
-EXCHANGE_TYPES = frozenset(t for t in _ROUTES if t)
+# Handing a message back counts a delivery; past the queue's x-delivery-limit it is dead.
+_OVER_LIMIT = "redelivered + 1 > (SELECT delivery_limit FROM queues WHERE name = messages.queue)"
+_RELEASE = (
+    "owner_pid = NULL, owner_start = NULL, owner_channel = NULL, redelivered = redelivered + 1,"
+    f" dead_reason = CASE WHEN {_OVER_LIMIT} THEN 'delivery_limit' ELSE dead_reason END,"
+    f" expires_at = CASE WHEN {_OVER_LIMIT} THEN 0 ELSE expires_at END"
+)
 
 
 class EmbeddedBrokerError(TaskqError):
@@ -152,17 +79,18 @@ class BrokerUnavailableError(EmbeddedBrokerError):
     """The broker file cannot be opened (folder not writable, not a database, disk full)."""
 
 
-class ProcessIdentity(NamedTuple):
-    """A process as the kernel knows it: a pid alone is reused, pid + start time is not."""
-
-    pid: int
-    start: int
-
-
 class Delivery(NamedTuple):
     row_id: int
     payload: str
     redelivered: bool
+
+
+class Published(NamedTuple):
+    queues: list[str]
+    #: the soonest expires_at among the stored copies; None if none can expire
+    soonest_due: float | None
+    #: full queues with x-overflow: reject-publish, which did not take it
+    refused: list[str]
 
 
 class StoredExchange(NamedTuple):
@@ -172,70 +100,7 @@ class StoredExchange(NamedTuple):
     arguments: dict
 
 
-def _read_start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` in clock ticks; None if it is gone or a zombie.
-
-    A SIGKILLed child stays a zombie until its parent reaps it; it holds nothing any
-    more, so it counts as dead.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            text = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text[text.rindex(b")") + 2 :].split()  # the command name may contain spaces
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
-
-
-_HAS_PROC = os.path.isdir("/proc/self")
 _inherited_handles: list[sqlite3.Connection] = []
-_identity_cache: dict[int, ProcessIdentity] = {}
-
-
-def current_process() -> ProcessIdentity:
-    pid = os.getpid()  # re-read on every call: a forked child is another owner
-    identity = _identity_cache.get(pid)
-    if identity is None:
-        identity = ProcessIdentity(pid, (_read_start_time(pid) or 0) if _HAS_PROC else 0)
-        _identity_cache[pid] = identity
-    return identity
-
-
-def is_alive(owner: ProcessIdentity) -> bool:
-    if owner.pid == os.getpid():
-        return owner == current_process()
-    if _HAS_PROC:
-        try:
-            return _read_start_time(owner.pid) == owner.start
-        except PermissionError:  # /proc hides it (hidepid): assume alive, never steal
-            return True
-    try:  # no /proc (macOS): pid reuse goes undetected there
-        os.kill(owner.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def topic_matches(binding_key: str, routing_key: str) -> bool:
-    """AMQP topic match: ``*`` is exactly one word, ``#`` zero or more.
-
-    kombu's own regex turns ``lazy.#`` into one-or-more, so ``lazy`` would not match;
-    RabbitMQ matches it, and code tested here must behave the same there.
-    """
-    return _match_words(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
-
-
-def _match_words(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match_words(rest, words[i:]) for i in range(len(words) + 1))
-    return bool(words) and head in ("*", words[0]) and _match_words(rest, words[1:])
 
 
 _open_stores: weakref.WeakSet[BrokerStore] = weakref.WeakSet()
@@ -278,6 +143,10 @@ class BrokerStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        #: Set by the max-length trigger when it marks messages dead: they need a pass.
+        self.dead_pending = False
+        #: Queues that refused the message being published (x-overflow: reject-publish).
+        self.refused: list[str] = []
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -293,6 +162,8 @@ class BrokerStore:
             try:
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 db.create_function("taskq_topic_match", 2, topic_matches, deterministic=True)
+                db.create_function("taskq_dead_pending", 0, self._note_dead_pending)
+                db.create_function("taskq_refused", 1, self.refused.append)
                 self._prepare(db)
             except sqlite3.OperationalError as exc:
                 db.close()
@@ -306,6 +177,9 @@ class BrokerStore:
             _open_stores.add(self)
         return self._db
 
+    def _note_dead_pending(self) -> None:
+        self.dead_pending = True
+
     def _prepare(self, db: sqlite3.Connection) -> None:
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode = WAL")
@@ -316,11 +190,7 @@ class BrokerStore:
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
             try:
-                # statement by statement: executescript() would commit our BEGIN first
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                create_or_upgrade(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -365,8 +235,9 @@ class BrokerStore:
 
         return self._run(in_transaction)
 
-    def _rows(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        return self._run(lambda db: db.execute(sql, tuple(params)).fetchall())
+    def _rows(self, sql: str, params: Iterable | dict = ()) -> list[tuple]:
+        bound = params if isinstance(params, dict) else tuple(params)
+        return self._run(lambda db: db.execute(sql, bound).fetchall())
 
     # -- exchanges and bindings ----------------------------------------------------------
 
@@ -399,6 +270,7 @@ class BrokerStore:
     def delete_exchange(self, name: str) -> None:
         def delete(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM bindings WHERE exchange = ?", (name,))
+            db.execute("DELETE FROM exchange_bindings WHERE source = ? OR destination = ?", (name, name))
             db.execute("DELETE FROM exchanges WHERE name = ?", (name,))
 
         self._write(delete)
@@ -413,6 +285,21 @@ class BrokerStore:
             lambda db: db.execute(
                 "DELETE FROM bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
                 (exchange, routing_key, queue),
+            )
+        )
+
+    def bind_exchange(self, source: str, routing_key: str, destination: str) -> None:
+        self._run(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO exchange_bindings VALUES (?, ?, ?)", (source, routing_key, destination)
+            )
+        )
+
+    def unbind_exchange(self, source: str, routing_key: str, destination: str) -> None:
+        self._run(
+            lambda db: db.execute(
+                "DELETE FROM exchange_bindings WHERE source = ? AND routing_key = ? AND destination = ?",
+                (source, routing_key, destination),
             )
         )
 
@@ -445,7 +332,9 @@ class BrokerStore:
         def declare(db: sqlite3.Connection) -> tuple[ProcessIdentity, int] | None:
             db.execute(
                 "INSERT OR IGNORE INTO queues (name, durable, auto_delete, max_priority, arguments,"
-                " owner_pid, owner_start, owner_connection) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " owner_pid, owner_start, owner_connection, message_ttl, max_length, overflow,"
+                " dead_letter_exchange, dead_letter_routing_key, delivery_limit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     int(durable),
@@ -455,6 +344,7 @@ class BrokerStore:
                     owner_pid,
                     owner_start,
                     owner_connection,
+                    *queue_settings(arguments),
                 ),
             )
             row = db.execute(
@@ -468,7 +358,13 @@ class BrokerStore:
         return bool(self._rows("SELECT 1 FROM queues WHERE name = ?", (name,)))
 
     def ready_count(self, queue: str) -> int:
-        return self._rows("SELECT count(*) FROM messages WHERE queue = ? AND owner_pid IS NULL", (queue,))[0][0]
+        """Expired or dead messages not yet moved are not counted: nobody can get them."""
+        # Two index-only counts: filtering on expires_at in one would read every row.
+        return self._rows(
+            "SELECT (SELECT count(*) FROM messages WHERE queue = ? AND owner_pid IS NULL)"
+            " - (SELECT count(*) FROM messages WHERE expires_at <= ? AND owner_pid IS NULL AND queue = ?)",
+            (queue, deadletter.now(), queue),
+        )[0][0]
 
     def consumer_count(self, queue: str) -> int:
         return self._rows("SELECT count(*) FROM consumers WHERE queue = ?", (queue,))[0][0]
@@ -495,26 +391,60 @@ class BrokerStore:
 
     # -- messages ------------------------------------------------------------------------
 
-    def publish(self, exchange: str, exchange_type: str, routing_key: str, payload: str, priority: int) -> list[str]:
-        """Store one copy per matching queue; return the queues that got one."""
-        if exchange_type == "":
-            params: tuple = (priority, payload, routing_key)
-        elif exchange_type == "fanout":
-            params = (priority, payload, exchange)
-        else:
-            params = (priority, payload, exchange, routing_key)
-        sql = _ROUTE_INTO + _ROUTES[exchange_type] + " RETURNING queue"
-        priority = priority if isinstance(priority, int) else 0
-        return [queue for (queue,) in self._rows(sql, params)]
+    def publish(
+        self, exchange: str, routing_key: str, payload: str, priority: int, expiration_ms: int | None = None
+    ) -> Published:
+        """Store one copy per matching queue; return the queues that got one, and those
+        that refused it for being full (``x-overflow: reject-publish``)."""
+        now = deadletter.now()
+        params = {
+            "exchange": exchange,
+            "key": routing_key,
+            "priority": priority if isinstance(priority, int) else 0,
+            "payload": payload,
+            "now": now,
+            "message_expires_at": None if expiration_ms is None else now + max(expiration_ms, 0) / 1000.0,
+        }
+        sql = publish_sql(exchange)
+
+        def insert(db: sqlite3.Connection) -> list[tuple]:
+            self.refused.clear()  # again on each retry: the trigger may have run
+            return db.execute(sql, params).fetchall()
+
+        rows = self._run(insert)
+        dues = [due for _, due in rows if due is not None]
+        return Published([queue for queue, _ in rows], min(dues) if dues else None, list(self.refused))
 
     def reserve_next(self, queue: str, owner: ProcessIdentity, channel_id: int) -> Delivery | None:
-        row = self._rows(_RESERVE_NEXT, (owner.pid, owner.start, channel_id, queue))
+        row = self._rows(_RESERVE_NEXT, (owner.pid, owner.start, channel_id, queue, deadletter.now()))
         return Delivery(row[0][0], row[0][1], bool(row[0][2])) if row else None
 
     def remove_next(self, queue: str) -> Delivery | None:
         """For no_ack consumers: the message is gone the moment it is handed over."""
-        row = self._rows(_REMOVE_NEXT, (queue,))
+        row = self._rows(_REMOVE_NEXT, (queue, deadletter.now()))
         return Delivery(row[0][0], row[0][1], bool(row[0][2])) if row else None
+
+    def reject(self, row_id: int, owner: ProcessIdentity, channel_id: int) -> None:
+        """basic.reject without requeue: marked dead for the next pass to dead-letter or drop."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE messages SET owner_pid = NULL, owner_start = NULL, owner_channel = NULL,"
+                " dead_reason = 'rejected', expires_at = 0"
+                " WHERE id = ? AND owner_pid = ? AND owner_start = ? AND owner_channel = ?",
+                (row_id, owner.pid, owner.start, channel_id),
+            )
+        )
+
+    # -- expiry and dead-lettering (see deadletter.py) -----------------------------------
+
+    def next_due(self) -> float | None:
+        """When the next ready message anywhere expires (or 0: dead ones wait to be moved)."""
+        return self._run(deadletter.next_due)
+
+    def move_due(self) -> deadletter.Moved:
+        """One transaction moving what is due; loop while ``more``."""
+        self.dead_pending = False
+        return self._write(lambda db: deadletter.move_due(db, deadletter.now()))
 
     def ack(self, row_id: int, owner: ProcessIdentity, channel_id: int) -> None:
         self._run(
@@ -576,6 +506,13 @@ class BrokerStore:
             _drop_unused_auto_delete(db, queues)
 
         self._write(remove)
+
+    def all_wake_addresses(self) -> list[str]:
+        """Every waiting consumer's bell: a new soonest expiry concerns them all."""
+        return [
+            address
+            for (address,) in self._rows("SELECT DISTINCT wake_address FROM consumers WHERE wake_address IS NOT NULL")
+        ]
 
     def wake_addresses(self, queues: list[str]) -> list[str]:
         if not queues:

@@ -10,7 +10,9 @@ RabbitMQ. What the stock virtual transports get wrong for us, and this one does 
   here they stay in the database, reserved by their owner, until acked;
 * consumers poll once a second there: here each connection has a Unix datagram socket
   whose address is stored with its consumers, and a publisher pokes it after commit,
-  so a waiting consumer wakes at once and an idle one costs one poll a second.
+  so a waiting consumer wakes at once and an idle one costs one poll a second;
+* no TTL, dead-lettering, max-length or exchange-to-exchange bindings there: here they
+  work as on RabbitMQ (see ``deadletter.py``), since taskq's delays are built from them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import secrets
-import select
 import socket
-import sys
 import threading
 import time
 from queue import Empty
@@ -35,16 +34,17 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-from taskq.embedded import default_database_path
+from taskq.embedded import deadletter, default_database_path
+from taskq.embedded.processes import current_process
+from taskq.embedded.routing import EXCHANGE_TYPES
 from taskq.embedded.store import (
-    EXCHANGE_TYPES,
     BrokerBusyError,
     BrokerStore,
     BrokerUnavailableError,
     Delivery,
     EmbeddedBrokerError,
-    current_process,
 )
+from taskq.embedded.wake import TIMER, WakeSocket
 
 log = logging.getLogger("taskq.embedded")
 
@@ -55,6 +55,14 @@ _serials = itertools.count(1)
 #: How often any connection looks for rows held by dead processes (and the longest a
 #: waiting consumer sleeps without being poked).
 REAP_EVERY_SECONDS = 1.0
+#: Bounds one call's expiry work, so a drain loop always gets back to delivering.
+MOST_PASSES_PER_CALL = 20
+#: A connection remembers when the next message anywhere is due and looks in the
+#: database only then, when rung with TIMER (someone stored a message due sooner), or
+#: after this long in any case (a ring can be lost to a full socket). Without a wake
+#: socket nobody can ring, so it looks far more often.
+EXPIRY_RECHECK_SECONDS = 1.0
+EXPIRY_RECHECK_WITHOUT_BELL_SECONDS = 0.02
 
 
 class QueueNotFound(EmbeddedBrokerError, amqp_errors.NotFound):
@@ -71,6 +79,16 @@ class QueueLocked(EmbeddedBrokerError, amqp_errors.ResourceLocked):
 
 class ExchangeMismatch(EmbeddedBrokerError, amqp_errors.PreconditionFailed):
     """Redeclared with another type or flags; RabbitMQ refuses that too (406)."""
+
+
+class PublishRefused(EmbeddedBrokerError, amqp_errors.MessageNacked):
+    """A full queue with ``x-overflow: reject-publish`` refused the message; with
+    ``confirm_publish`` RabbitMQ nacks it and py-amqp raises MessageNacked, so do we."""
+
+
+class Unroutable(EmbeddedBrokerError, amqp_errors.ChannelError):
+    """A ``mandatory`` message no queue took: RabbitMQ returns it (312 NO_ROUTE) and
+    py-amqp raises that return as a ChannelError, so the publisher learns it was lost."""
 
 
 class UnsupportedExchangeType(EmbeddedBrokerError, amqp_errors.AMQPNotImplementedError):
@@ -94,67 +112,6 @@ def database_path(hostname: str | None) -> str:
     return os.path.abspath(os.path.expanduser(location))
 
 
-class WakeSocket:
-    """A connection's doorbell: publishers ring it after committing to a watched queue.
-
-    Datagrams to an abstract Unix address need no file and vanish with the process; a
-    ring while nobody waits stays queued in the socket, so none is lost between "queue
-    was empty" and "start waiting". Off Linux there is no bell and we poll instead.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.address: str | None = None
-        self._sock: socket.socket | None = None
-        self._idle_poll = 0.001
-        if sys.platform.startswith("linux"):
-            address = f"taskq-embedded-{self.pid}-{secrets.token_hex(8)}"
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                sock.bind("\0" + address)
-            except OSError:  # a sandbox without Unix sockets: poll instead
-                sock.close()
-                return
-            sock.setblocking(False)
-            # poll, not select: select fails on descriptors above 1023 in a busy process
-            self._poller = select.poll()
-            self._poller.register(sock, select.POLLIN)
-            self._sock, self.address = sock, address
-
-    def clear(self) -> None:
-        if self._sock is None:
-            return
-        try:
-            while True:
-                self._sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def wait(self, seconds: float) -> None:
-        if self._sock is not None:
-            self._poller.poll(max(seconds, 0) * 1000)
-        else:
-            time.sleep(max(min(seconds, self._idle_poll), 0))
-            self._idle_poll = min(self._idle_poll * 2, 0.05)
-
-    def delivered(self) -> None:
-        self._idle_poll = 0.001
-
-    def ring(self, addresses: list[str]) -> None:
-        if self._sock is None:
-            return
-        for address in addresses:
-            try:
-                self._sock.sendto(b"!", "\0" + address)
-            except OSError:  # full (it will wake anyway) or gone (its owner died)
-                pass
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
 class ReservingQoS(virtual.QoS):
     """Acks, rejects and restores act on the database rows, not on process memory."""
 
@@ -168,8 +125,8 @@ class ReservingQoS(virtual.QoS):
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
             self.channel.store_release(delivery_tag)
-        else:  # no dead-lettering here: a rejected message is dropped
-            self.channel.store_ack(delivery_tag)
+        else:  # dead-lettered if the queue has x-dead-letter-exchange, else dropped
+            self.channel.store_reject(delivery_tag)
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list:
@@ -241,6 +198,30 @@ class Channel(virtual.Channel):
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         self.store.delete_exchange(exchange)
+
+    def exchange_bind(
+        self,
+        destination: str,
+        source: str = "",
+        routing_key: str = "",
+        nowait: bool = False,
+        arguments: dict | None = None,
+    ) -> None:
+        """Messages routed by ``source`` with a matching key go on to ``destination``."""
+        for name in (source, destination):
+            if not name or self.store.get_exchange(name) is None:
+                raise ExchangeNotFound(f"NOT_FOUND - no exchange {name!r}", None, "Exchange.bind")
+        self.store.bind_exchange(source, routing_key or "", destination)
+
+    def exchange_unbind(
+        self,
+        destination: str,
+        source: str = "",
+        routing_key: str = "",
+        nowait: bool = False,
+        arguments: dict | None = None,
+    ) -> None:
+        self.store.unbind_exchange(source, routing_key or "", destination)
 
     def queue_bind(
         self,
@@ -340,16 +321,32 @@ class Channel(virtual.Channel):
     # -- publishing ----------------------------------------------------------------------
 
     def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> None:
+        """A full ``x-overflow: reject-publish`` queue leaves the message out. As on RabbitMQ,
+        that raises (MessageNacked) only on a connection with ``confirm_publish``, as taskq
+        opens them; without confirms it is silent. Other queues keep their copy either way.
+        A ``mandatory`` message that reached no queue at all raises ``Unroutable``."""
         self._inplace_augment_message(message, exchange, routing_key)
-        exchange_type = ""
-        if exchange:
-            stored = self.store.get_exchange(exchange)
-            if stored is None:
-                raise ExchangeNotFound(f"NOT_FOUND - no exchange {exchange!r}", None, "Basic.publish")
-            exchange_type = stored.type
-        priority = message["properties"].get("priority") or 0
-        queues = self.store.publish(exchange or "", exchange_type, routing_key or "", dumps(message), priority)
-        self.transport.wake(queues)
+        if exchange and self.store.get_exchange(exchange) is None:
+            raise ExchangeNotFound(f"NOT_FOUND - no exchange {exchange!r}", None, "Basic.publish")
+        properties = message["properties"]
+        published = self.store.publish(
+            exchange or "",
+            routing_key or "",
+            dumps(message),
+            properties.get("priority") or 0,
+            _expiration_ms(properties.get("expiration")),
+        )
+        self.transport.wake(published.queues)
+        if published.soonest_due is not None:
+            self.transport.announce_due(published.soonest_due)
+        if self.store.dead_pending or self.transport.expiry_due():
+            self.transport.move_due()  # x-max-length pushed messages out, or time to look
+        if published.refused and self.transport.confirm_publish:
+            raise PublishRefused(f"queue(s) {', '.join(published.refused)} full (x-overflow: reject-publish)")
+        if kwargs.get("mandatory") and not published.queues and not published.refused:
+            raise Unroutable(
+                f"NO_ROUTE - no queue for {exchange!r} with routing key {routing_key!r}", None, "Basic.publish", 312
+            )
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -407,6 +404,9 @@ class Channel(virtual.Channel):
         # The tag names the row, so ack needs no lookup; the counter keeps a tag unique
         # when the same row comes back to this channel after a requeue.
         properties["delivery_tag"] = f"{delivery.row_id}.{next(self._deliveries)}"
+        # py-amqp has these in properties too; code copying a message's properties needs them.
+        properties.setdefault("content_type", payload.get("content-type"))
+        properties.setdefault("content_encoding", payload.get("content-encoding"))
         properties.setdefault("delivery_info", {})["redelivered"] = delivery.redelivered
         if delivery.redelivered:
             payload["redelivered"] = True
@@ -418,13 +418,20 @@ class Channel(virtual.Channel):
         if self._is_mine():
             self.store.ack(_row_id(delivery_tag), self.owner, self.serial)
 
+    def store_reject(self, delivery_tag: str) -> None:
+        if self._is_mine():
+            self.store.reject(_row_id(delivery_tag), self.owner, self.serial)
+            self.transport.move_due()
+
     def store_release(self, delivery_tag: str) -> None:
         if self._is_mine():
             self.transport.wake(self.store.release([_row_id(delivery_tag)], self.owner, self.serial))
+            self.transport.move_due()  # past x-delivery-limit, a requeue dead-letters
 
     def store_release_all(self) -> None:
         if self._is_mine():
             self.transport.wake(self.store.release_channel(self.owner, self.serial))
+            self.transport.move_due()
 
     def close(self) -> None:
         was_open = not self.closed
@@ -437,6 +444,16 @@ class Channel(virtual.Channel):
 
 def _row_id(delivery_tag: str) -> int:
     return int(str(delivery_tag).split(".", 1)[0])
+
+
+def _expiration_ms(expiration: Any) -> int | None:
+    """AMQP's per-message TTL: milliseconds as a string; kombu writes ``str(int(s * 1000))``."""
+    if expiration is None or expiration == "":
+        return None
+    try:
+        return max(int(float(expiration)), 0)
+    except (TypeError, ValueError):
+        return None
 
 
 class Transport(virtual.Transport):
@@ -454,12 +471,15 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.path = database_path(client.hostname)
+        self.confirm_publish = bool(client.transport_options.get("confirm_publish"))
         self.store = BrokerStore(self.path)
         self.owner = current_process()
         self.serial = next(_serials)
         self._bell: WakeSocket | None = None
         self._draining_thread: int | None = None
         self._next_reap = 0.0
+        self._next_expiry_check = 0.0
+        self._due_hint: float | None = None  # Unix time the next message anywhere expires
 
     def driver_version(self) -> str:
         import sqlite3
@@ -496,14 +516,48 @@ class Transport(virtual.Transport):
         if force or now >= self._next_reap:
             self._next_reap = now + REAP_EVERY_SECONDS
             self.wake(self.store.reap_dead_owners())
+            self.move_due()  # a dead owner's message may be past its delivery limit
+
+    def move_due(self) -> float | None:
+        """Expire and dead-letter whatever is due, in any queue; return when the next
+        message will be due (Unix time), or None if none can expire.
+
+        Any process does this for all queues: nobody consumes a delay queue.
+        """
+        recheck = EXPIRY_RECHECK_SECONDS if self.bell.reliable else EXPIRY_RECHECK_WITHOUT_BELL_SECONDS
+        self._next_expiry_check = time.monotonic() + recheck
+        for _ in range(MOST_PASSES_PER_CALL):
+            due = self._due_hint = self.store.next_due()
+            if due is None or due > deadletter.now():
+                return due
+            moved = self.store.move_due()
+            self.wake(sorted(moved.queues))
+            if moved.soonest_new_due is not None:
+                self.announce_due(moved.soonest_new_due)
+        return deadletter.now()
+
+    def expiry_due(self) -> bool:
+        """Whether to look for due messages now; cheap, no database."""
+        due = self._due_hint
+        return (due is not None and deadletter.now() >= due) or time.monotonic() >= self._next_expiry_check
+
+    def announce_due(self, due: float) -> None:
+        """A message expiring at ``due`` was stored: if it is now the first to expire,
+        every waiting process may be sleeping past it, so ring them all."""
+        first = self.store.next_due()
+        if first is not None and due <= first:
+            self.bell.ring(self.store.all_wake_addresses(), TIMER)
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         bell = self.bell
         self._draining_thread = threading.get_ident()
         while True:
-            bell.clear()  # before polling: a ring after this point ends the wait below
+            # Before looking: a ring after this point ends the wait below.
+            timer_rung = bell.clear()
             self.reap_dead_owners()
+            if timer_rung or self.expiry_due():
+                self.move_due()
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 bell.delivered()
@@ -513,7 +567,11 @@ class Transport(virtual.Transport):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise socket.timeout()
-            bell.wait(self.polling_interval if deadline is None else min(self.polling_interval, deadline - now))
+            wait = self.polling_interval if deadline is None else min(self.polling_interval, deadline - now)
+            wait = min(wait, self._next_expiry_check - now)
+            if self._due_hint is not None:  # wake when the next message anywhere expires
+                wait = min(wait, self._due_hint - deadletter.now())
+            bell.wait(wait)
 
     def _reject_inbound_message(self, raw_message: dict) -> None:
         """A message reached a queue whose callback is gone: hand it back at once."""
