@@ -86,11 +86,11 @@ class App:
     def broker_delays(self) -> bool:
         """Whether the broker can hold delayed messages (countdown, eta, retry backoff).
 
-        The delay cascade (taskq.delay) needs RabbitMQ's TTLs, dead-lettering and
-        exchange-to-exchange bindings; kombu's virtual transports (the embedded and the
-        in-memory broker) have none of them.
+        The delay cascade (taskq.delay) needs TTLs, dead-lettering and exchange-to-exchange
+        bindings: RabbitMQ and the embedded broker have them; kombu's in-memory broker
+        (used by the test fixtures) does not.
         """
-        return self.broker.driver_type == "amqp"
+        return self.broker.driver_type in ("amqp", "sqlite")
 
     def queue(self, name: str):
         """The kombu Queue for a work queue, declared the same way by every side."""

@@ -99,7 +99,8 @@ def unacked(queue: str) -> int:
     return next(int(line.split()[1]) for line in out.splitlines() if line.split()[0] == queue)
 
 
-def test_delayed_message_waits_in_the_broker_not_in_a_worker(rapp, queue_name, start_worker, tmp_path, amqp):
+@pytest.mark.both_brokers
+def test_delayed_message_waits_in_the_broker_not_in_a_worker(rapp, queue_name, start_worker, tmp_path, amqp, broker_url):
     """With one child, an immediate task runs at once while an earlier-sent delayed one waits."""
     from tests.apps_reliability import record
 
@@ -113,12 +114,14 @@ def test_delayed_message_waits_in_the_broker_not_in_a_worker(rapp, queue_name, s
     assert "later" not in log.read_text()
     # The child holds nothing: the broker shows the queue empty and nothing unacked.
     assert queue_state(amqp, queue_name)[0] == 0
-    assert unacked(queue_name) == 0
+    if broker_url.startswith("amqp://"):  # only rabbitmqctl can count unacked messages
+        assert unacked(queue_name) == 0
     later.get(timeout=10)
     started = float(next(line for line in log.read_text().splitlines() if line.startswith("start later")).split()[3])
     assert 1.5 <= started - sent < 2.5
 
 
+@pytest.mark.both_brokers
 def test_eta_datetime_and_expiry_with_delay(rapp, queue_name, start_worker, tmp_path, amqp):
     from tests.apps_reliability import record
 
@@ -144,6 +147,7 @@ def test_eta_datetime_and_expiry_with_delay(rapp, queue_name, start_worker, tmp_
     assert "late" not in log.read_text()
 
 
+@pytest.mark.both_brokers
 def test_a_message_arriving_before_its_eta_is_sent_round_again(rapp, queue_name, start_worker, tmp_path):
     """What a delay longer than one trip through the cascade (~49 days) relies on."""
     from taskq.message import TaskMessage

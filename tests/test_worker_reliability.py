@@ -14,6 +14,8 @@ from tests.reliability_fixtures import dead_letters, rapp  # noqa: F401  (rapp i
 
 APP = "tests.apps_reliability:app"
 
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
+
 
 def attempt_times(path) -> list[float]:
     return [float(line.split()[2]) for line in path.read_text().splitlines()]
