@@ -24,19 +24,14 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import taskq.embedded
 from taskq.embedded import default_url
+from tests.conftest import wait_until as conftest_wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
+    """The suite's poll-with-deadline, polling faster: these waits are milliseconds long."""
+    return conftest_wait_until(condition, timeout=timeout, interval=0.005, what=what)
 
 
 class Child:
