@@ -28,10 +28,10 @@ def test_retries_run_without_backoff(taskq_worker, tmp_path):
     assert (tmp_path / "again").read_text().count("attempt") == 3
 
 
-def test_countdown_is_refused_without_rabbitmq(taskq_memory_app):
+def test_countdown_is_refused_without_rabbitmq(taskq_test_app):
     from tests.apps_reliability import record
 
-    assert not taskq_memory_app.broker_delays
+    assert not taskq_test_app.broker_delays
     with pytest.raises(ConfigurationError, match="need RabbitMQ"):
         record.apply_async(("/nonexistent", "x"), countdown=1)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+
 import msgpack
 import pytest
 
 from taskq import TaskError
 from taskq.testing import InlineWorker, reset_memory_broker
+from tests.conftest import wait_until
 from tests.apps import add, app as tests_app, fail, record_quietly
 
 
@@ -31,8 +34,8 @@ def test_wait_until_idle_means_every_task_ran(taskq_worker, tmp_path):
     assert sorted(int(line.split()[1]) for line in path.read_text().splitlines()) == list(range(50))
 
 
-def test_bad_message_is_dead_lettered_in_memory_too(taskq_memory_app, taskq_worker):
-    connection = taskq_memory_app.broker.connect()
+def test_bad_message_is_dead_lettered_in_memory_too(taskq_test_app, taskq_worker):
+    connection = taskq_test_app.broker.connect()
     with connection:
         producer = connection.Producer()
         producer.publish(
@@ -58,13 +61,35 @@ def test_memory_broker_is_reset_between_uses():
         tests_app.close()
 
 
-def test_docs_example_expired_task_is_dead_lettered(taskq_memory_app, taskq_worker, tmp_path):
+def test_docs_example_expired_task_is_dead_lettered(taskq_test_app, taskq_worker, tmp_path):
     from freezegun import freeze_time
 
     with freeze_time("2020-01-01"):
         record_quietly.apply_async((str(tmp_path / "log"), "late"), expires=60)
     taskq_worker.wait_until_idle()
     assert not (tmp_path / "log").exists()
-    with taskq_memory_app.broker.connect() as connection:
+    with taskq_test_app.broker.connect() as connection:
         message = connection.default_channel.basic_get("default.dead", no_ack=True)
     assert message.headers["reason"] == "expired"
+
+
+class TestDelayedTasksOnTheEmbeddedBroker:
+    """docs/testing.md's delayed-task example: the embedded broker in tmp_path, and freezegun."""
+
+    @pytest.fixture
+    def taskq_broker_url(self, tmp_path):
+        return f"taskq+sqlite://{tmp_path}/broker.db"
+
+    def test_countdown_waits_in_the_broker_then_runs(self, taskq_worker, tmp_path):
+        from freezegun import freeze_time
+
+        log = tmp_path / "log"
+        # Sent "an hour ago" with a one-hour countdown: due now by the real clock.
+        with freeze_time(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)):
+            due = record_quietly.apply_async((str(log), "due"), countdown=3600)
+        later = record_quietly.apply_async((str(log), "later"), countdown=3600)
+        taskq_worker.wait_until_idle()
+        wait_until(lambda: log.exists() and "due" in log.read_text(), timeout=10, what="the due task")
+        taskq_worker.wait_until_idle()
+        assert "later" not in log.read_text()
+        assert due.id != later.id
