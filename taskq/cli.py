@@ -134,6 +134,8 @@ from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status
 
 for _command in OPERATOR_COMMANDS:
     main.add_command(_command)
+from taskq.dashboard.cli import dashboard  # noqa: E402  (imports Starlette and uvicorn only when it runs)
+main.add_command(dashboard)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,400 @@
+"""``taskq dashboard`` end to end: a real worker, the real broker, the page in headless Chromium.
+
+The dashboard reaches RabbitMQ through a small TCP proxy in this test, so the test can take
+"the broker" away from the dashboard (and give it back) without touching the shared broker.
+
+Chromium comes from Debian (``apt-get install chromium chromium-driver``); nothing here may
+download a browser, so the driver's path is given and Selenium Manager is never run. Under
+CI=true a missing browser fails the test instead of skipping it.
+
+``TASKQ_DASHBOARD_SCREENSHOT=docs/dashboard.png`` also saves the page, as docs/dashboard.md shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from taskq.errors import TaskError
+from tests.cli_helpers import FAST_HEARTBEATS
+from tests.conftest import ROOT, queue_state, wait_until
+
+pytestmark = pytest.mark.broker
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+WAIT = 20  # seconds any one page condition may take
+
+
+def require(problem: str | None) -> None:
+    """Skip for a missing tool, with the reason; under CI=true fail instead: CI must run this test."""
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{problem}; CI=true requires the dashboard browser test to run", pytrace=False)
+    pytest.skip(problem)
+
+
+# -- the pieces: a proxy standing for the broker, the dashboard process, the browser ------------
+
+
+class Proxy:
+    """A TCP forwarder to the broker that can be cut (every connection reset) and restored on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.create_server(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: rebinding works
+        self.listener.settimeout(0.1)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self.listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class Dashboard:
+    """A ``taskq dashboard --port 0`` subprocess; ``url`` is what it printed once listening."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "taskq", "dashboard", "--port", "0", *args],
+                cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        line = wait_until(lambda: self._listening_line() or self.process.poll() is not None, what="the dashboard listening")
+        assert self.process.poll() is None, f"dashboard exited:\n{self.log()}"
+        self.url = line.split()[2]
+        wait_until(self._answers, what="the dashboard answering HTTP")
+
+    def _listening_line(self) -> str | None:
+        return next((line for line in self.log().splitlines() if line.startswith("taskq dashboard: http")), None)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+    require(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)" if missing else None)
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require("selenium is not installed (pip install -e '.[test]')")
+    # Never let Selenium Manager run (it would download a browser): the driver path is explicit,
+    # and should anything still look for the manager, it finds one that fails at once.
+    monkeypatch.setenv("SE_MANAGER_PATH", "/bin/false")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def dashboard_deps():
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        require("the dashboard extra is not installed (pip install -e '.[dashboard]')")
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+
+def text_of(driver, selector: str) -> str:
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.CSS_SELECTOR, selector).get_attribute("textContent") or ""
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def page_shows(driver, selector: str, expected: str, *, exact: bool = False) -> None:
+    """Wait until the element's text is (or contains) ``expected``; fail with what it showed."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def holds(_) -> bool:
+        text = text_of(driver, selector)
+        return text.strip() == expected if exact else expected in text
+
+    try:
+        WebDriverWait(driver, WAIT, poll_frequency=0.1).until(holds)
+    except TimeoutException:
+        raise AssertionError(f"{selector} never showed {expected!r}; it shows {text_of(driver, selector)!r}") from None
+
+
+def page_lacks(driver, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: not d.find_elements(By.CSS_SELECTOR, selector))
+
+
+def click(driver, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, selector))
+    ).click()
+
+
+def visible_text(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.CSS_SELECTOR, selector)
+    return element.text if element.is_displayed() else ""
+
+
+def post(base_url: str, path: str, body, *, form: bool = False) -> tuple[int, dict]:
+    """POST to the dashboard as a script would; (status, JSON answer)."""
+    import json
+    import urllib.error
+
+    data = (body if form else json.dumps(body)).encode()
+    content_type = "application/x-www-form-urlencoded" if form else "application/json"
+    request = urllib.request.Request(base_url + path, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_the_page_shows_queues_workers_failures_and_logs_and_its_actions_work(
+    dashboard_deps, browser, app, amqp, broker_url, queue_name, start_worker, tmp_path
+):
+    from tests.apps import add, fail
+
+    worker = start_worker([queue_name], 1, extra_env=FAST_HEARTBEATS)
+    [child_pid] = worker.child_pids()
+    broker = urlparse(broker_url)
+    proxy = Proxy((broker.hostname, broker.port or 5672))
+    proxy.start()
+    through_proxy = broker._replace(netloc=f"{broker.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}").geturl()
+    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", through_proxy], tmp_path / "dashboard.log")
+    try:
+        browser.get(dashboard.url)
+        page_shows(browser, "#broker-state", "broker: up", exact=True)
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .consumers', "1", exact=True)
+        page_shows(browser, f'tr[data-pid="{child_pid}"] .current', "idle", exact=True)
+
+        added = [add.apply_async((n, 1), queue=queue_name) for n in range(3)]
+        failed = fail.apply_async(("boom from the dashboard test",), queue=queue_name)
+        assert [result.get(timeout=20) for result in added] == [1, 2, 3]
+        with pytest.raises(TaskError):
+            failed.get(timeout=20)
+
+        failure = f'.failure[data-task-id="{failed.id}"]'
+        page_shows(browser, f"{failure} .exc", "ValueError: boom from the dashboard test", exact=True)
+        page_shows(browser, f"{failure} pre.traceback", "Traceback (most recent call last)")
+        page_shows(browser, f"{failure} pre.traceback", "raise ValueError(message)")
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .dead', "1", exact=True)
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .ready', "0", exact=True)
+        page_shows(browser, f'tr[data-pid="{child_pid}"] .done', "4", exact=True)
+        page_shows(browser, f'tr[data-pid="{child_pid}"] .failed', "1", exact=True)
+        page_shows(browser, "#throughput-summary", "last minute: 3 succeeded, 1 failed", exact=True)
+        page_shows(browser, "#logs", f"task_id={added[2].id}")
+        page_shows(browser, "#logs", "task succeeded")
+        page_shows(browser, "#logs", "message dead-lettered")
+        if os.environ.get("TASKQ_DASHBOARD_SCREENSHOT"):
+            browser.save_screenshot(os.environ["TASKQ_DASHBOARD_SCREENSHOT"])
+
+        # With no worker the replayed message stays where the broker can count it.
+        worker.stop()
+        page_lacks(browser, f'tr[data-pid="{child_pid}"]')  # its worker.offline, heard
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .consumers', "0", exact=True)
+        click(browser, f"{failure} button.replay-one")
+        page_shows(browser, "#action-message", f"replayed 1 dead letter(s) to {queue_name}")
+        page_lacks(browser, failure)
+        assert queue_state(amqp, queue_name)[0] == 1 and queue_state(amqp, queue_name + ".dead")[0] == 0
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .ready', "1", exact=True)
+
+        # Purge asks first; Cancel leaves the queue alone, Yes empties it.
+        for n in range(2):
+            add.apply_async((n, 1), queue=queue_name)
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .ready', "3", exact=True)
+        click(browser, f'tr[data-queue="{queue_name}"] button.purge')
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .question', f"Delete the 3 ready messages in {queue_name}?")
+        click(browser, f'tr[data-queue="{queue_name}"] button.cancel')
+        click(browser, f'tr[data-queue="{queue_name}"] button.purge')
+        assert queue_state(amqp, queue_name)[0] == 3
+        click(browser, f'tr[data-queue="{queue_name}"] button.confirm-purge')
+        page_shows(browser, "#action-message", f"purged 3 message(s) from {queue_name}")
+        assert queue_state(amqp, queue_name)[0] == 0
+        page_shows(browser, f'tr[data-queue="{queue_name}"] .ready', "0", exact=True)
+
+        # What the page can't do, and what it won't do for a request that isn't the page's.
+        assert post(dashboard.url, "api/replay", {"queue": queue_name, "task_id": "no-such-id"})[0] == 404
+        assert post(dashboard.url, "api/purge", {"queue": queue_name})[0] == 400  # no confirmation
+        assert post(dashboard.url, "api/purge", {"queue": "not.shown", "confirm": "not.shown"})[0] == 404
+        assert post(dashboard.url, "api/purge", f"queue={queue_name}&confirm={queue_name}", form=True)[0] == 415
+        assert "No workers heard from." in visible_text(browser, "#no-workers")
+
+        # The broker goes away: the page says so, and recovers by itself when it is back.
+        proxy.stop()
+        page_shows(browser, "#broker-state", "broker: down", exact=True)
+        page_shows(browser, "#broker-problem", "reconnecting by itself")
+        proxy.start()
+        page_shows(browser, "#broker-state", "broker: up", exact=True)
+        page_shows(browser, "#stream-state", "live", exact=True)
+        assert "guest:guest" not in dashboard.log()  # the password is never logged
+    finally:
+        dashboard.stop()
+        proxy.stop()
+
+
+def test_without_the_extra_the_command_says_what_to_install():
+    blocked = "import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None; from taskq.cli import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "dashboard", "-A", "tests.apps:app"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("Error: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "install taskq[dashboard]" in result.stderr
+
+
+def test_a_port_in_use_is_a_user_error(dashboard_deps):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "taskq", "dashboard", "-A", "tests.apps:app", "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+# -- the state behind the page, without a broker -----------------------------------------------------
+
+
+def heartbeat(pid: int, queue: str, **fields) -> dict:
+    return {"event": "worker.heartbeat", "host": "h", "pid": pid, "ppid": 1, "queues": [queue], "interval": 2.0,
+            "current": None, "done": 0, "failed": 0, "dropped": 0, **fields}
+
+
+def test_state_counts_throughput_and_forgets_silent_workers(monkeypatch):
+    from taskq.dashboard import state as state_module
+
+    now = [1000.0]
+    monkeypatch.setattr(state_module.time, "time", lambda: now[0])
+    state = state_module.DashboardState("shop", "amqp://guest:**@host//", ["orders"])
+    state.lifecycle(heartbeat(1, "orders", current={"task": "t", "task_id": "x", "queue": "orders"}))
+    state.lifecycle(heartbeat(2, "orders"))
+    state.lifecycle(heartbeat(3, "elsewhere"))  # another queue's worker: not shown
+    for kind, queue in [("task.succeeded", "orders")] * 3 + [("task.failed", "orders"), ("task.succeeded", "elsewhere")]:
+        state.lifecycle({"event": kind, "queue": queue})
+    snapshot = state.snapshot()
+    assert [w["pid"] for w in snapshot["workers"]] == [1, 2] and state.busy_children() == {"orders": 1}
+    assert sum(snapshot["throughput"]["succeeded"]) == 3 and sum(snapshot["throughput"]["failed"]) == 1
+    assert snapshot["broker"] == {"up": False, "problems": {name: "connecting" for name in state_module.COMPONENTS}}
+
+    state.lifecycle({**heartbeat(2, "orders"), "event": "worker.offline"})
+    assert [w["pid"] for w in state.snapshot()["workers"]] == [1]
+    now[0] += 6.5  # three 2 s heartbeats missed: killed, not stopped
+    assert state.snapshot()["workers"] == []
+    now[0] += 6 * 60  # out of the chart's window
+    assert sum(state.snapshot()["throughput"]["succeeded"]) == 0
+
+
+def test_state_keeps_a_bounded_tail_of_short_log_lines():
+    from taskq.dashboard.state import LOG_LINES_KEPT, LONGEST_VALUE, DashboardState
+
+    state = DashboardState("shop", "amqp://h//", ["orders"])
+    for index in range(LOG_LINES_KEPT + 10):
+        state.log_line({"event": "line", "index": index, "blob": "x" * (LONGEST_VALUE + 1)})
+    lines = state.logs_after(0, limit=LOG_LINES_KEPT)
+    assert len(lines) == LOG_LINES_KEPT and lines[0]["index"] == 10 and lines[-1]["n"] == LOG_LINES_KEPT + 10
+    assert len(lines[0]["blob"]) == LONGEST_VALUE + 1 and lines[0]["blob"].endswith("…")
+    assert [line["index"] for line in state.logs_after(LOG_LINES_KEPT + 8)] == [LOG_LINES_KEPT + 8, LOG_LINES_KEPT + 9]
