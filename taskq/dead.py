@@ -42,6 +42,7 @@ class DeadLetter:
     attempts: int | None
     exc_type: str
     exc_message: str
+    traceback: str = ""  # the worker's, for tasks that failed; long, so `dead list` leaves it out
 
     @classmethod
     def from_message(cls, message: Any, queue_name: str) -> DeadLetter:
@@ -59,6 +60,7 @@ class DeadLetter:
             attempts=headers.get("attempts") if isinstance(headers.get("attempts"), int) else None,
             exc_type=str(headers.get("exc_type", "")),
             exc_message=str(headers.get("exc_message", "")),
+            traceback=str(headers.get("traceback", "")),
         )
 
 
@@ -118,7 +120,13 @@ def _take(channel: Any, queue_name: str, count: int) -> Iterator[Any]:
 
 def list_dead(broker: Broker, queue_name: str, limit: int | None = None) -> tuple[int, list[DeadLetter]]:
     """(total count, the first ``limit`` dead letters), leaving the queue exactly as it was."""
-    with _connected(broker) as connection, _dead_channel(connection, queue_name) as (channel, count):
+    with _connected(broker) as connection:
+        return peek(connection, queue_name, limit)
+
+
+def peek(connection: Connection, queue_name: str, limit: int | None = None) -> tuple[int, list[DeadLetter]]:
+    """``list_dead`` on a connection the caller owns (the dashboard keeps one open)."""
+    with _dead_channel(connection, queue_name) as (channel, count):
         wanted = count if limit is None else min(limit, count)
         return count, [DeadLetter.from_message(m, queue_name) for m in _take(channel, queue_name, wanted)]
 

@@ -64,17 +64,13 @@ class UserActionError(TaskqError):
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:
     """The first dead letters of ``queue_name``, read the way ``taskq dead list`` reads them: left in place."""
     try:
-        with dead._dead_channel(connection, queue_name) as (channel, count):
-            messages = list(dead._take(channel, queue_name, min(limit, count)))
-            return [
-                Failure(
-                    queue=queue_name, traceback=str((m.headers or {}).get("traceback", "")),
-                    **{k: v for k, v in asdict(dead.DeadLetter.from_message(m, queue_name)).items() if k != "original_queue"},
-                )
-                for m in messages
-            ]
+        _, letters = dead.peek(connection, queue_name, limit)
     except dead.NoSuchQueue:
         return []
+    return [
+        Failure(queue=queue_name, **{k: v for k, v in asdict(letter).items() if k != "original_queue"})
+        for letter in letters
+    ]
 
 
 @dataclass
