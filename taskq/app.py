@@ -21,7 +21,8 @@ from taskq.task import Task, TaskOptions
 class App:
     """Configuration, task registry and the caller's side of the broker.
 
-    ``broker``: a kombu URL. Without one, ``$TASKQ_BROKER_URL``, then the local RabbitMQ.
+    ``broker``: a kombu URL. Without one, ``$TASKQ_BROKER_URL``, then the embedded broker
+    (a SQLite file under ./.taskq, docs/embedded-broker.md).
     Nothing connects until the first publish, so importing an app module is cheap and safe
     to do before forking worker processes.
 
