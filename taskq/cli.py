@@ -12,35 +12,12 @@ import click
 from taskq import __version__
 from taskq.app import App
 from taskq.broker import is_embedded
-from taskq.errors import ConfigurationError
-from taskq.loader import load_app
+from taskq.cli_common import UserError, app_from_option, app_option, broker_option
+from taskq.cli_dead import dead
+from taskq.cli_ops import OPERATOR_COMMANDS
+from taskq.dashboard.cli import dashboard  # imports Starlette and uvicorn only when it runs
 from taskq.logs import LEVELS, configure_logging
 
-
-class UserError(click.ClickException):
-    """One line on stderr and exit status 2: a mistake of the caller's, never a traceback."""
-
-    exit_code = 2
-
-
-def app_from_option(path: str, broker: str | None) -> App:
-    try:
-        app = load_app(path)
-    except ConfigurationError as exc:
-        raise UserError(str(exc)) from None
-    if broker:
-        app.use_broker(broker)
-    return app
-
-
-app_option = click.option(
-    "-A", "--app", "app_path", envvar="TASKQ_APP", required=True, metavar="MODULE:APP",
-    help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
-)
-broker_option = click.option(
-    "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
-    help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
-)
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -74,11 +51,6 @@ class OneLineErrorsGroup(click.Group):
 @click.version_option(__version__, prog_name="taskq")
 def main() -> None:
     """taskq: background jobs on RabbitMQ."""
-
-
-from taskq.cli_dead import dead  # noqa: E402  (defined beside, to keep this file small)
-
-main.add_command(dead)
 
 
 @main.command()
@@ -130,12 +102,9 @@ def banner(app: App, options) -> str:
     )
 
 
-from taskq.cli_ops import OPERATOR_COMMANDS  # noqa: E402  (logs, events, status, purge, call; defined beside)
-
-for _command in OPERATOR_COMMANDS:
+# The other commands live beside this file, each module a group of them.
+for _command in (*OPERATOR_COMMANDS, dead, dashboard):
     main.add_command(_command)
-from taskq.dashboard.cli import dashboard  # noqa: E402  (imports Starlette and uvicorn only when it runs)
-main.add_command(dashboard)
 
 
 if __name__ == "__main__":

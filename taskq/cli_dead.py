@@ -7,21 +7,13 @@ from __future__ import annotations
 
 import click
 
-from taskq.broker import Broker, resolve_broker_url
-from taskq.cli import UserError, app_from_option, broker_option
+from taskq.broker import Broker
+from taskq.cli_common import UserError, broker_option, load, optional_app_option
 from taskq.dead import DeadLetter, NoSuchQueue, list_dead, purge, replay
 from taskq.errors import TaskqError
 
-optional_app_option = click.option(
-    "-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP",
-    help="Take the broker from this App (env TASKQ_APP); optional.",
-)
-
-
 def broker_from_options(app_path: str | None, broker: str | None) -> Broker:
-    if app_path:
-        return app_from_option(app_path, broker).broker
-    return Broker(resolve_broker_url(broker))
+    return load(app_path, broker).broker
 
 
 def describe(letter: DeadLetter) -> str:
@@ -38,7 +30,7 @@ def dead() -> None:
 @dead.command("list")
 @click.argument("queue")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
-@optional_app_option
+@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
 def list_command(queue: str, limit: int, app_path: str | None, broker: str | None) -> None:
     """Show QUEUE.dead's messages, oldest first; the queue is left exactly as it was."""
@@ -58,7 +50,7 @@ def list_command(queue: str, limit: int, app_path: str | None, broker: str | Non
 @click.argument("queue")
 @click.option("--id", "task_id", default=None, metavar="TASK_ID", help="Replay this task's message only.")
 @click.option("--all", "replay_all", is_flag=True, help="Replay every message.")
-@optional_app_option
+@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
 def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: str | None, broker: str | None) -> None:
     """Send dead letters back to their original queue (confirmed, then removed from .dead)."""
@@ -79,7 +71,7 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
 
 @dead.command("purge")
 @click.argument("queue")
-@optional_app_option
+@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
 def purge_command(queue: str, app_path: str | None, broker: str | None) -> None:
     """Delete every message in QUEUE.dead."""

@@ -19,22 +19,11 @@ import structlog
 from taskq import topology
 from taskq.app import App
 from taskq.broker import queue_counts
-from taskq.cli import UserError, app_from_option, app_option, broker_option
+from taskq.cli_common import UserError, app_from_option, app_option, broker_option, load, optional_app_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
 from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, records
-
-
-def load(app_path: str | None, broker: str | None) -> App:
-    """The -A app, or a bare App on the broker given, for commands that only need a broker."""
-    if app_path:
-        return app_from_option(app_path, broker)
-    return App(broker=broker)
-
-
-def optional_app_option(help_text: str):
-    return click.option("-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP", help=help_text)
 
 
 max_length_option = click.option(

@@ -10,7 +10,7 @@ import socket
 
 import click
 
-from taskq.cli import UserError, app_from_option, app_option, broker_option
+from taskq.cli_common import UserError, app_from_option, app_option, broker_option
 
 
 def bind(host: str, port: int) -> socket.socket:

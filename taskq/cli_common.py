@@ -1,0 +1,52 @@
+"""What every ``taskq`` subcommand shares: the -A and --broker options and one-line user errors.
+
+In a module of its own so the command modules (cli.py, cli_ops.py, cli_dead.py,
+dashboard/cli.py) import it, and never each other.
+"""
+
+from __future__ import annotations
+
+import click
+
+from taskq.app import App
+from taskq.errors import ConfigurationError
+from taskq.loader import load_app
+
+
+class UserError(click.ClickException):
+    """One line on stderr and exit status 2: a mistake of the caller's, never a traceback."""
+
+    exit_code = 2
+
+
+def app_from_option(path: str, broker: str | None) -> App:
+    try:
+        app = load_app(path)
+    except ConfigurationError as exc:
+        raise UserError(str(exc)) from None
+    if broker:
+        app.use_broker(broker)
+    return app
+
+
+app_option = click.option(
+    "-A", "--app", "app_path", envvar="TASKQ_APP", required=True, metavar="MODULE:APP",
+    help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
+)
+broker_option = click.option(
+    "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
+    help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
+)
+
+
+def optional_app_option(help_text: str):
+    """-A for commands that work without an app too (they then only need a broker)."""
+    return click.option("-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP", help=help_text)
+
+
+def load(app_path: str | None, broker: str | None) -> App:
+    """The -A app, or a bare App on the broker given, for commands that only need a broker."""
+    if app_path:
+        return app_from_option(app_path, broker)
+    return App(broker=broker)
+
