@@ -47,7 +47,7 @@ def test_gap_counter_counts_missing_sequence_numbers_per_source():
 
 
 def test_bound_queues_are_consumed_and_declared_with_their_bindings():
-    app = App("unit", default_queue="unit.default")
+    app = App("unit", default_queue="unit.default", broker="memory://")  # no delay bindings: only app.bind's
     app.bind("unit.orange", "unit.animals", "*.orange.*")
     app.bind("unit.orange", "unit.animals", "lazy.#")
     assert app.queue_names == ["unit.default", "unit.orange"]
@@ -67,7 +67,7 @@ def test_an_exchange_keeps_one_type():
 
 
 def test_event_handlers_get_a_group_queue_and_run_only_for_their_pattern():
-    app = App("shop")
+    app = App("shop", broker="memory://")  # no delay bindings: only the event groups'
     seen = []
 
     @app.on("order.*")
