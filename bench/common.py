@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from kombu import Connection
@@ -314,6 +314,16 @@ def python_command(*args: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+def time_calls(call: Callable[[], object], n: int) -> list[float]:
+    """Seconds each of ``n`` sequential ``call()`` took: the RPC phase of every client-library system."""
+    timings = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - start)
+    return timings
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

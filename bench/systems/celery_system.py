@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from bench.common import Unavailable, WorkerProcesses, delete_exchanges, delete_queues, python_command
+from bench.common import (
+    Unavailable,
+    WorkerProcesses,
+    delete_exchanges,
+    delete_queues,
+    python_command,
+    time_calls,
+)
 
 try:
     from bench.systems import celery_app
@@ -58,12 +64,7 @@ class CelerySystem:
 
     def rpc_roundtrips(self, n: int) -> list[float]:
         delay = celery_app.noop_result.delay
-        timings = []
-        for _ in range(n):
-            start = time.perf_counter()
-            delay().get(timeout=10)
-            timings.append(time.perf_counter() - start)
-        return timings
+        return time_calls(lambda: delay().get(timeout=10), n)
 
     def stop(self) -> None:
         if self._workers is not None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from bench.common import REDIS_URL, Unavailable, WorkerProcesses, delete_queues, python_command, worker_env
+from bench.common import (
+    REDIS_URL,
+    Unavailable,
+    WorkerProcesses,
+    delete_queues,
+    python_command,
+    time_calls,
+    worker_env,
+)
 
 try:
     from bench.systems import dramatiq_actors
@@ -60,13 +67,7 @@ class DramatiqSystem:
     def rpc_roundtrips(self, n: int) -> list[float]:
         send = dramatiq_actors.noop_result.send
         backend = dramatiq_actors.result_backend
-        timings = []
-        for _ in range(n):
-            start = time.perf_counter()
-            message = send()
-            backend.get_result(message, block=True, timeout=10_000)
-            timings.append(time.perf_counter() - start)
-        return timings
+        return time_calls(lambda: backend.get_result(send(), block=True, timeout=10_000), n)
 
     def stop(self) -> None:
         if self._workers is not None:

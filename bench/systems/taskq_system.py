@@ -6,11 +6,17 @@ is missing (the row then reads "unavailable: ...") instead of failing the whole 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import BROKER_URL, Unavailable, WorkerProcesses, delete_queues, python_command
+from bench.common import (
+    BROKER_URL,
+    Unavailable,
+    WorkerProcesses,
+    delete_queues,
+    python_command,
+    time_calls,
+)
 
 try:
     import taskq
@@ -27,8 +33,8 @@ def _check_api() -> None:
 
 
 class TaskqSystem:
-    """``noop.delay()`` for enqueue, ``noop.map()`` (when it exists) or ``.delay()`` for the
-    pre-load, ``noop_result.delay().get()`` for RPC."""
+    """``noop.delay()`` for enqueue, ``noop.map()`` for the pre-load, ``noop_result.delay().get()``
+    for RPC."""
 
     name = "taskq"
     queue = taskq_app.QUEUE
@@ -39,11 +45,7 @@ class TaskqSystem:
              "dead-letter queue, persistent, publisher confirms, msgpack bodies); "
              "taskq worker -c 2 --loglevel warning (supervisor + 2 children, prefetch 1, ack after run)"),
         ]
-        self.reference_enqueues: dict[str, Callable[[int], None]] = {}
-        if hasattr(taskq_app.noop, "map"):
-            self.reference_enqueues["taskq .map()"] = self._enqueue_map
-        else:
-            self.notes.append("Task.map() not available yet: pre-load uses .delay() in a loop")
+        self.reference_enqueues: dict[str, Callable[[int], None]] = {"taskq .map()": self._enqueue_map}
         self._workers: WorkerProcesses | None = None
 
     def enqueue(self, n: int) -> None:
@@ -57,12 +59,7 @@ class TaskqSystem:
 
     def preload(self, n: int, first_mark: str, last_mark: str) -> None:
         args = [(first_mark,)] + [()] * (n - 2) + [(last_mark,)]
-        if hasattr(taskq_app.noop, "map"):
-            taskq_app.noop.map(args)
-        else:
-            delay = taskq_app.noop.delay
-            for a in args:
-                delay(*a)
+        taskq_app.noop.map(args)
 
     def start_workers(self, log_path: Path) -> WorkerProcesses:
         cmd = python_command(
@@ -74,12 +71,7 @@ class TaskqSystem:
 
     def rpc_roundtrips(self, n: int) -> list[float]:
         delay = taskq_app.noop_result.delay
-        timings = []
-        for _ in range(n):
-            start = time.perf_counter()
-            delay().get(timeout=10)
-            timings.append(time.perf_counter() - start)
-        return timings
+        return time_calls(lambda: delay().get(timeout=10), n)
 
     def stop(self) -> None:
         if self._workers is not None:
