@@ -17,25 +17,7 @@ import amqp.exceptions
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from tests.test_embedded_transport import Child, drain, queue_state, wait_until
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"taskq+sqlite://{tmp_path}/broker.db"
-
-
-@pytest.fixture
-def children():
-    started: list[Child] = []
-
-    def start(code: str, url: str) -> Child:
-        started.append(Child(code, url))
-        return started[-1]
-
-    yield start
-    for child in started:
-        child.stop()
+from tests.test_embedded_transport import children, drain, queue_state, url, wait_until  # noqa: F401  (fixtures)
 
 
 #: Late by more than this and the broker slept through the due time (it polls each 1 s).
