@@ -19,7 +19,7 @@ import structlog
 from taskq import topology
 from taskq.app import App
 from taskq.broker import queue_counts
-from taskq.cli_common import UserError, app_from_option, app_option, broker_option, load, optional_app_option
+from taskq.cli_common import UserError, app_option, broker_option, load, optional_app_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
