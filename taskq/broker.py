@@ -317,6 +317,7 @@ def publish_unconfirmed(
     content_encoding: str = "utf-8",
     headers: dict[str, Any] | None = None,
     properties: dict[str, Any] | None = None,
+    mandatory: bool = False,
 ) -> None:
     """Publish a transient message without waiting for a confirm: for broadcasts and replies,
     where a confirm would promise nothing a broker crash wouldn't take away anyway (the
@@ -329,7 +330,7 @@ def publish_unconfirmed(
     message = channel.prepare_message(
         body, None, content_type, content_encoding, headers or {}, {"delivery_mode": TRANSIENT, **(properties or {})}
     )
-    type(channel).basic_publish(channel, message, exchange=exchange, routing_key=routing_key)
+    type(channel).basic_publish(channel, message, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
 
 
 def _publish_outgoing(channel: Any, message: Outgoing) -> None:
