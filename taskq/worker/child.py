@@ -1,9 +1,11 @@
 """One worker child: a connection with prefetch=1, one task at a time, ack after the run.
 
-Two threads, one rule: the main thread owns the connection (it alone reads, publishes
-and acks, because AMQP channels are not thread-safe); the task runs on a second thread.
-While a task runs, the main thread keeps reading the socket and answering heartbeats, so
-a task longer than the heartbeat timeout is not cut off and handed to another worker.
+One rule: only the thread holding the connection reads, publishes or acks (AMQP channels
+are not thread-safe). In a forked child the task runs on the main thread, which lends
+the connection to a watchdog thread for the task's duration, so a task longer than the
+heartbeat timeout is not cut off and handed to another worker (watchdog.py). In an
+in-process worker (testing.InlineWorker) the task runs on a second thread instead and
+the main thread keeps the connection alive itself (``_wait_for_outcome``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
 from taskq.worker.settle import Settling, dead_letter_reply
+from taskq.worker.watchdog import Watch, Watchdog
 
 log = structlog.get_logger("taskq.worker")
 
@@ -50,20 +53,24 @@ class ChildWorker(Settling):
     settle.py, mixed in.
     """
 
-    def __init__(self, app: App, queue_names: list[str], tick: float = TICK) -> None:
+    def __init__(self, app: App, queue_names: list[str], tick: float = TICK, owns_process: bool = False) -> None:
         self.app = app
         self.queue_names = queue_names
         self.tick = tick
         self.stopping = False
-        # True in a forked child process (child_main): a hard time limit may then end the
-        # process. An in-process worker (testing.InlineWorker) must not, and can't arm
-        # the SIGALRM backstop from a non-main thread either.
-        self.owns_process = False
+        # True in a forked child process (child_main): tasks run on the main thread under a
+        # watchdog, and a hard time limit ends the process. An in-process worker
+        # (testing.InlineWorker) must not end it, and can't arm the SIGALRM backstop from
+        # a non-main thread either: its tasks run on a thread it can abandon.
+        self.owns_process = owns_process
         # Incremented each time a wait for messages comes back empty-handed; lets an
         # in-process test worker tell "idle" without racing the consumer (testing.py).
         self.idle_ticks = 0
         self._inbox: list[Delivery] = []
         self._executor = limits.TaskThreads()
+        self._watchdog = (
+            Watchdog(keep_connection_alive, app.broker.connection_errors, period=tick / 2) if owns_process else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -200,34 +207,53 @@ class ChildWorker(Settling):
     def _run(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage) -> None:
         task = self.app.tasks[task_message.task]
         events.task_started(task_message, delivery.queue)
-        bound = log.bind(task=task.name, task_id=task_message.id, queue=delivery.queue, attempt=task_message.attempts + 1)
-        bound.info("task started")
+        context = {"task": task.name, "task_id": task_message.id, "queue": delivery.queue,
+                   "attempt": task_message.attempts + 1}
+        log.info("task started", **context)
         guard = limits.TaskThreadGuard()
         deadlines = limits.Deadlines.start(task.options.soft_time_limit, task.options.time_limit)
-        if self.owns_process:
-            limits.arm_backstop(task.options.time_limit)
-        future = self._executor.submit(run_task, task, task_message, delivery.queue, guard)
-        try:
+        if self._watchdog is not None:
+            outcome = self._run_here(connection, publish_channel, delivery, task_message, guard, deadlines)
+        else:
+            future = self._executor.submit(run_task, task, task_message, delivery.queue, guard,
+                                           self._reply_wanted(task, task_message))
             outcome = self._wait_for_outcome(connection, future, guard, deadlines)
-        finally:
-            if self.owns_process:
-                limits.disarm_backstop()
         if outcome is None:
             self._hard_time_limit(connection, publish_channel, delivery, task_message)
             return
-        events.task_finished(
-            task_message, delivery.queue, outcome.reply.ok, outcome.runtime, outcome.reply.exc_type, outcome.reply.exc_message
-        )
-        if outcome.reply.ok:
-            bound.info("task succeeded", runtime=round(outcome.runtime, 6))
-        else:
-            bound.warning(
-                "task failed",
-                runtime=round(outcome.runtime, 6),
-                exc_type=outcome.reply.exc_type,
-                exc_message=outcome.reply.exc_message,
-            )
+        reply = outcome.reply
+        if reply.ok:
+            # Ack first: the broker sends the next message while we record this one.
+            self._settle(connection, publish_channel, delivery, task_message, outcome)
+            events.task_finished(task_message, delivery.queue, True, outcome.runtime)
+            log.info("task succeeded", runtime=round(outcome.runtime, 6), **context)
+            return
+        # A failure is recorded before it is settled, so task.failed comes before the
+        # task.retried or task.dead_lettered that follows from it.
+        events.task_finished(task_message, delivery.queue, False, outcome.runtime, reply.exc_type, reply.exc_message)
+        log.warning("task failed", runtime=round(outcome.runtime, 6), exc_type=reply.exc_type,
+                    exc_message=reply.exc_message, **context)
         self._settle(connection, publish_channel, delivery, task_message, outcome)
+
+    def _run_here(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage,
+                  guard: limits.TaskThreadGuard, deadlines: limits.Deadlines) -> Outcome:
+        """Forked child: run the task on this thread while the watchdog holds the connection."""
+        assert self._watchdog is not None
+
+        def hard_limit(lost: BaseException | None) -> None:  # on the watchdog thread; ends the process
+            if lost is not None:  # nothing to settle: the broker requeued the message
+                os._exit(limits.EXIT_TIME_LIMIT)
+            self._hard_time_limit(connection, publish_channel, delivery, task_message)
+
+        task = self.app.tasks[task_message.task]
+        limits.arm_backstop(task.options.time_limit)
+        self._watchdog.lend(Watch(connection, deadlines, guard, hard_limit))
+        try:
+            return run_task(task, task_message, delivery.queue, guard, self._reply_wanted(task, task_message))
+        finally:
+            self._watchdog.take_back()  # raises if the connection broke meanwhile
+            if task.options.time_limit is not None:
+                limits.disarm_backstop()
 
     def _wait_for_outcome(self, connection: Connection, future: Any, guard: limits.TaskThreadGuard,
                           deadlines: limits.Deadlines) -> Outcome | None:
@@ -315,8 +341,7 @@ def child_main(app: App, queue_names: list[str]) -> None:
     """Entry point of a forked child process."""
     app.forget_connections_after_fork()
     events.install(app, queue_names)
-    worker = ChildWorker(app, queue_names)
-    worker.owns_process = True
+    worker = ChildWorker(app, queue_names, owns_process=True)
     worker.install_signal_handlers()
     # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
     # delivered now, to our own handlers.

@@ -43,11 +43,13 @@ def failure(task_id: str, exc: BaseException) -> Reply:
     )
 
 
-def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuard | None = None) -> Outcome:
+def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuard | None = None,
+             encode_reply: bool = True) -> Outcome:
     """Call the task's function with the message's arguments, catching everything it raises.
 
-    Runs on the child's task thread; structlog context is bound here so the task's own
-    log lines carry the task name, id, queue, pid and attempt.
+    structlog context is bound here so the task's own log lines carry the task name, id,
+    queue, pid and attempt. ``encode_reply=False`` when no reply will be sent (no
+    ``reply_to``, or ``ignore_result``): a successful result nobody receives isn't encoded.
     """
     structlog.contextvars.bind_contextvars(
         task=message.task, task_id=message.id, queue=queue, pid=os.getpid(), attempt=message.attempts + 1
@@ -68,7 +70,7 @@ def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuar
             raised = exc
             reply = failure(message.id, exc)
         try:
-            body = reply.body()
+            body = reply.body() if encode_reply or not reply.ok else b""
         except EncodeError as exc:
             raised = exc
             reply = failure(message.id, exc)

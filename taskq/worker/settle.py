@@ -26,6 +26,7 @@ from taskq.worker.execution import Outcome, failure
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.task import Task
     from taskq.worker.child import Delivery
 
 log = structlog.get_logger("taskq.worker")
@@ -98,9 +99,12 @@ class Settling:
         finally:
             os._exit(limits.EXIT_TIME_LIMIT)
 
+    @staticmethod
+    def _reply_wanted(task: Task | None, task_message: TaskMessage) -> bool:
+        return bool(task_message.reply_to) and not (task is not None and task.options.ignore_result)
+
     def _reply(self, connection: Connection, publish_channel: Any, task_message: TaskMessage, body: bytes) -> None:
-        task = self.app.tasks.get(task_message.task)
-        if not task_message.reply_to or (task is not None and task.options.ignore_result):
+        if not self._reply_wanted(self.app.tasks.get(task_message.task), task_message):
             return
         # Unconfirmed, on a channel of its own: waiting for a confirm cost a round trip per
         # task and protects nothing (see publish_unconfirmed). Sent before the ack, on the
