@@ -1,13 +1,19 @@
 """Results over RPC: one reply queue per caller process, replies matched by correlation id.
 
-A single listener thread owns the reply connection (channels are not thread-safe) and
-hands each reply to whichever thread waits for it, so any number of results can be
-outstanding, replies may arrive in any order, and ``get()`` works from any thread.
+Any number of results can be outstanding, replies may arrive in any order, and ``get()``
+works from any thread. The reply connection is read by whichever thread is waiting
+(leader/follower): a waiter that finds nobody reading takes the reader lock and reads
+the connection itself, so a single caller's reply never changes threads; other waiters
+sleep until a reply for them is read, or the reader leaves and one of them takes over.
+An earlier design had a listener thread read every reply and wake the waiter: that
+hand-off (and the two threads contending for the GIL) cost a third of a round trip.
+While nobody waits, a keeper thread reads every ``KEEP_INTERVAL`` seconds, so heartbeats
+flow, early replies are collected and a broken connection is noticed.
 
 Why an exclusive reply queue rather than RabbitMQ's direct reply-to
 (``amq.rabbitmq.reply-to``): direct reply-to only delivers to the channel that published
-the request, so every ``.delay()`` would have to hop onto the listener's thread to
-publish; and a reply sent while the caller is not yet consuming is dropped, not kept.
+the request, so every ``.delay()`` would have to publish on the reply connection's
+channel; and a reply sent while the caller is not yet consuming is dropped, not kept.
 ``bench/rpc_reply_queue.py`` measures both; the round trips are within noise of each
 other on a local broker, so the simpler, thread-friendly design wins.
 """
@@ -27,42 +33,61 @@ from taskq.errors import PublishError, ResultLost, TaskError, TaskqError
 from taskq.message import Reply, decode_reply
 
 if TYPE_CHECKING:
+    from kombu import Connection
+
     from taskq.broker import Broker
 
 _LOST = object()  # stored instead of a Reply when the reply connection broke
+READ_SLICE = 1.0  # seconds a reader blocks at most before it looks at its deadline and heartbeats
+KEEP_INTERVAL = 1.0  # seconds between the keeper's reads while nobody waits
+POLL = 0.0005  # seconds: a read that only collects what has already arrived
 
 
 class ReplyListener:
-    """Owns the caller's reply queue and wakes the threads waiting on each correlation id."""
+    """Owns the caller's reply queue; the waiting threads read it (see the module docstring)."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._condition = threading.Condition()
+        self._condition = threading.Condition()  # guards _expected and _replies; wakes waiters
+        self._reader = threading.Lock()  # held by the one thread reading the reply connection
+        self._setup = threading.Lock()  # serialises opening the connection
         self._expected: set[str] = set()
         self._replies: dict[str, Any] = {}
+        self._connection: Connection | None = None
         self._queue_name: str | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._failure: BaseException | None = None
+        self._stopped = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def reply_to(self) -> str:
-        """The reply queue's name, starting the listener (and declaring the queue) on first use."""
-        with self._condition:
-            if self._thread is None or not self._thread.is_alive():
-                self._failure = None
-                self._queue_name = None
-                self._thread = threading.Thread(target=self._run, name="taskq-replies", daemon=True)
-                self._thread.start()
-            while self._queue_name is None and self._failure is None:
-                self._condition.wait()
+        """The reply queue's name, opening the connection (and declaring the queue) on first use."""
+        name = self._queue_name
+        if name is not None:
+            return name
+        with self._setup:
             if self._queue_name is None:
-                if isinstance(self._failure, self._broker.connection_errors):
-                    # Nothing was sent: to the caller this is a send that failed.
-                    raise PublishError(
-                        f"cannot reach the broker at {self._broker.masked_url} to listen for results: {self._failure}"
-                    ) from self._failure
-                raise TaskqError(f"cannot listen for results: {self._failure}") from self._failure
+                self._open()
+            assert self._queue_name is not None
             return self._queue_name
+
+    def _open(self) -> None:
+        connection = self._broker.connect(heartbeat=30)
+        try:
+            queue = topology.reply_queue()
+            consumer = Consumer(connection.channel(), queues=[queue], on_message=self._on_message, no_ack=True)
+            consumer.consume()
+        except Exception as exc:
+            connection.collect()
+            if isinstance(exc, self._broker.connection_errors):
+                # Nothing was sent: to the caller this is a send that failed.
+                raise PublishError(
+                    f"cannot reach the broker at {self._broker.masked_url} to listen for results: {exc}"
+                ) from exc
+            raise TaskqError(f"cannot listen for results: {exc}") from exc
+        self._connection = connection
+        self._queue_name = queue.name
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper = threading.Thread(target=self._keep, name="taskq-replies", daemon=True)
+            self._keeper.start()
 
     def expect(self, task_id: str) -> None:
         """Register interest before publishing, so a fast reply is never discarded as unknown."""
@@ -76,13 +101,20 @@ class ReplyListener:
 
     def wait(self, task_id: str, timeout: float | None) -> Reply:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            while task_id not in self._replies:
+        while True:
+            with self._condition:
+                if task_id in self._replies:
+                    reply = self._replies[task_id]
+                    break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no result for task {task_id} within {timeout} s")
-                self._condition.wait(remaining)
-            reply = self._replies[task_id]
+                # Tried under the condition's lock, and the reader gives up the reader lock
+                # under it too: a waiter can't miss the moment the reader leaves.
+                if not self._reader.acquire(blocking=False):
+                    self._condition.wait(remaining)
+                    continue
+            self._read_as_leader(READ_SLICE if remaining is None else min(READ_SLICE, remaining), until_quiet=False)
         if reply is _LOST:
             raise ResultLost(
                 f"the connection carrying the reply for task {task_id} broke; "
@@ -91,56 +123,81 @@ class ReplyListener:
         return reply
 
     def is_ready(self, task_id: str) -> bool:
+        if self._reader.acquire(blocking=False):
+            self._read_as_leader(POLL)  # collect a reply that arrived while nobody waited
         with self._condition:
             return task_id in self._replies
 
     def stop(self) -> None:
-        self._stopping = True
+        """Close the reply connection (its queue goes with it); results still owed are lost."""
+        self._stopped.set()
+        with self._reader:
+            self._broken(self._connection, close=True)
+
+    # -- reading, with the reader lock held ------------------------------------------------
+
+    def _read_as_leader(self, timeout: float, until_quiet: bool = True) -> None:
+        """Read one reply, waiting up to ``timeout`` s (and, ``until_quiet``, all that already
+        arrived); then hand the reader lock on and wake the waiters."""
+        connection = self._connection
+        try:
+            if connection is None:
+                self._broken(None)  # no connection: nothing still expected can come
+                return
+            try:
+                connection.drain_events(timeout=timeout)
+                while until_quiet:
+                    connection.drain_events(timeout=POLL)
+            except socket.timeout:
+                connection.heartbeat_check()
+        except Exception:
+            self._broken(connection)
+        finally:
+            with self._condition:
+                self._reader.release()
+                self._condition.notify_all()
+
+    def _broken(self, connection: Connection | None, close: bool = False) -> None:
+        """The exclusive reply queue died with ``connection``: fail the waiters of replies
+        still owed now instead of letting them hang; the next send opens a new queue.
+
+        Under the setup lock, and only if ``connection`` is still the current one: a
+        thread may have opened a new connection meanwhile, and its replies are not lost.
+        """
+        with self._setup:
+            if self._connection is not connection:
+                return
+            with self._condition:
+                for task_id in self._expected - self._replies.keys():
+                    self._replies[task_id] = _LOST
+                self._condition.notify_all()
+            self._connection = None
+            self._queue_name = None
+        if connection is not None:
+            if close:
+                try:
+                    connection.release()
+                except Exception:  # already broken: just drop it
+                    connection.collect()
+            else:
+                connection.collect()
 
     def _on_message(self, message: Any) -> None:
         task_id = message.properties.get("correlation_id")
         try:
             reply = decode_reply(task_id, message.body)
-        except Exception:  # a foreign or corrupt reply must not kill the listener
+        except Exception:  # a foreign or corrupt reply must not break the reader
             return
         with self._condition:
             if task_id in self._expected:
                 self._replies[task_id] = reply
                 self._condition.notify_all()
 
-    def _run(self) -> None:
-        connection = self._broker.connect(heartbeat=30)
-        try:
-            queue = topology.reply_queue()
-            channel = connection.channel()
-            consumer = Consumer(channel, queues=[queue], on_message=self._on_message, no_ack=True)
-            consumer.consume()
-        except Exception as exc:
-            connection.release()
-            with self._condition:
-                self._failure = exc
-                self._condition.notify_all()
-            return
-        with self._condition:
-            self._queue_name = queue.name
-            self._condition.notify_all()
-        try:
-            while not self._stopping:
-                try:
-                    connection.drain_events(timeout=1.0)
-                except socket.timeout:
-                    connection.heartbeat_check()
-        except Exception:
-            # The exclusive reply queue died with the connection: replies still owed to
-            # us are gone. Fail their waiters now instead of letting them hang; the next
-            # publish starts a new listener with a new queue.
-            with self._condition:
-                for task_id in self._expected - self._replies.keys():
-                    self._replies[task_id] = _LOST
-                self._queue_name = None
-                self._condition.notify_all()
-        finally:
-            connection.collect()
+    def _keep(self) -> None:
+        """While nobody waits: heartbeats, early replies, and noticing a broken connection."""
+        while not self._stopped.wait(KEEP_INTERVAL):
+            if self._connection is not None and self._reader.acquire(blocking=False):
+                self._read_as_leader(POLL)
 
 
 class AsyncResult:

@@ -60,6 +60,14 @@ def test_get_times_out_with_builtin_timeout_error_and_can_be_called_again(app, q
     assert result.ready()
 
 
+def test_ready_turns_true_without_anyone_waiting(app, queue_name, start_worker):
+    # Nobody calls get(): the reply is collected by ready() itself (or the keeper thread).
+    start_worker([queue_name])
+    result = add.apply_async((2, 3), queue=queue_name)
+    wait_until(result.ready, what="the result to be ready")
+    assert result.get(timeout=0) == 5
+
+
 def test_task_that_raised_raises_task_error_with_remote_traceback(app, queue_name, start_worker):
     start_worker([queue_name])
     with pytest.raises(TaskError) as caught:
