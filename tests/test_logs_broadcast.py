@@ -156,3 +156,43 @@ def test_lifecycle_events_follow_a_task_through_retry_and_dead_letter(evapp, que
     [dead] = [e for e in seen if e["event"] == "task.dead_lettered"]
     assert dead["reason"] == "retries-exhausted" and dead["dead_letter_queue"] == queue_name + ".dead"
     assert dead["task"] == fails_twice.name
+
+
+def test_unheard_events_are_not_sent_until_a_listener_binds(evapp, queue_name, start_worker):
+    """Batches are mandatory: RabbitMQ returns the ones nobody is bound for, and the worker
+    stops encoding that kind for a second (counted as ``unheard`` in its heartbeats); a
+    listener that binds gets the kind again within about that second."""
+    start_worker([queue_name], 1, app=APP)
+    heartbeats: list[dict] = []
+    tasks: list[dict] = []
+
+    def listen(patterns, into):
+        stop, ready = threading.Event(), threading.Event()
+        subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), patterns)
+        thread = threading.Thread(
+            target=subscription.run, args=(lambda message: into.extend(records(message)),),
+            kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
+        )
+        thread.start()
+        assert ready.wait(10)
+        return stop, thread
+
+    stops = [listen(["worker.heartbeat"], heartbeats)]
+    try:
+        def unheard_counted() -> bool:
+            assert add.apply_async((1, 1), queue=queue_name).get(timeout=10) == 2
+            return any(beat.get("unheard", 0) > 0 for beat in heartbeats)
+
+        wait_until(unheard_counted, timeout=30, what="a heartbeat counting unheard task events")
+        stops.append(listen(["task.succeeded"], tasks))
+
+        def heard_again() -> bool:
+            result = add.apply_async((2, 2), queue=queue_name)
+            assert result.get(timeout=10) == 4
+            return any(event["task_id"] == result.id for event in tasks)
+
+        wait_until(heard_again, timeout=10, what="task.succeeded reaching the new listener")
+    finally:
+        for stop, thread in stops:
+            stop.set()
+            thread.join(10)
