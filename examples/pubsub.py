@@ -63,7 +63,8 @@ class Subscriber:
         for line in self.process.stdout:
             record = json.loads(line)
             if record.get("run") == self.run:
-                print(f"[screen] pid {record['pid']}: {record['event']} n={record['n']}", flush=True)
+                # One write per line: several processes share this stdout.
+                print(f"[screen] pid {record['pid']}: {record['event']} n={record['n']}\n", end="", flush=True)
                 self.screen_lines.append(record)
 
     def records(self) -> list[dict]:

@@ -50,7 +50,8 @@ def log_line(severity: str, text: str, error_file: str) -> None:
             file.flush()
             os.fsync(file.fileno())
     else:
-        print(f"[screen] {severity}: {text}", flush=True)
+        # One write per line: the worker's children and the sender share this stdout.
+        print(f"[screen] {severity}: {text}\n", end="", flush=True)
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
             try:
                 log_line.apply_async((severity, text, str(error_file)), routing_key=severity)
             except Unroutable:
-                print(f"[sender] {severity}: {text!r} matched no binding (Unroutable)", flush=True)
+                print(f"[sender] {severity}: {text!r} matched no binding (Unroutable)\n", end="", flush=True)
         # Markers straight to each queue: when both are handled, every line before them was.
         for queue in (SCREEN, ERRORS):
             log_line.apply_async(("done", DONE, str(error_file)), queue=queue)
