@@ -10,7 +10,7 @@ from bench.common import BROKER_URL, queue_name, record_mark
 QUEUE = queue_name("celery")
 
 app = Celery("bench", broker=BROKER_URL, backend="rpc://")
-app.conf.update(
+SETTINGS = dict(
     # JSON bodies, like every system here (no pickle anywhere).
     task_serializer="json",
     result_serializer="json",
@@ -33,12 +33,21 @@ app.conf.update(
     task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
 )
+app.conf.update(SETTINGS)
+
+# The reference row "celery, no confirms": Celery's default .delay(), which does not wait for
+# the broker. Same settings otherwise; its messages go to the same queue, for the same task.
+unconfirmed_app = Celery("bench", broker=BROKER_URL)
+unconfirmed_app.conf.update({**SETTINGS, "broker_transport_options": {}})
 
 
 @app.task(ignore_result=True)
 def noop(mark: str | None = None) -> None:
     """No-op; the first/last pre-loaded message records its time (bench.common.record_mark)."""
     record_mark(mark)
+
+
+unconfirmed_noop = unconfirmed_app.task(name=noop.name, ignore_result=True)(noop.run)
 
 
 @app.task

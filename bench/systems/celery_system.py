@@ -32,7 +32,7 @@ class CelerySystem:
              "worker -P prefork -c 2 --without-gossip --without-mingle --without-heartbeat, "
              "remote control and events off"),
         ]
-        self.reference_enqueues: dict = {}
+        self.reference_enqueues = {"celery, no confirms": self._enqueue_unconfirmed}
         self._workers: WorkerProcesses | None = None
         # Declare now, every time: kombu caches "already declared" per connection in the app's
         # pool, which outlives a round whose stop() deleted the queue and exchange.
@@ -44,6 +44,14 @@ class CelerySystem:
         delay = celery_app.noop.delay
         for _ in range(n):
             delay()
+
+    def _enqueue_unconfirmed(self, n: int) -> None:
+        """Reference: Celery's default ``.delay()``, without publisher confirms."""
+        with celery_app.unconfirmed_app.producer_or_acquire() as producer:
+            for _ in range(n):
+                celery_app.unconfirmed_noop.apply_async(producer=producer)
+            # Make sure everything reached the broker before the timer stops: one round trip.
+            producer.channel.queue_declare(queue=self.queue, passive=True)
 
     def preload(self, n: int, first_mark: str, last_mark: str) -> None:
         # Celery has no bulk publish; a group would still send one message per task.
@@ -81,6 +89,7 @@ class CelerySystem:
         consumer.on_after_fork()
         delete_queues([celery_app.app.backend.oid])
         celery_app.app.close()
+        celery_app.unconfirmed_app.close()
         delete_queues([self.queue])
         delete_exchanges([self.queue])
 
