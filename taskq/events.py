@@ -19,8 +19,9 @@ they were dropped here or in its own bounded queue on the broker.
 
 Nobody listening costs (almost) nothing: batches go out with the ``mandatory`` flag, so
 RabbitMQ returns one that no queue is bound for; the exchange and routing key it came
-back from then go unsent (not even encoded) for ``UNHEARD_INTERVAL`` seconds before the
-next batch tries again. Encoding and publishing three events per task to nobody cost a
+back from then go unsent (not even encoded) for ``UNHEARD_INTERVAL`` seconds; then one
+record goes out as a probe, and if it isn't returned within ``PROBE_GRACE`` of its flush,
+records flow again. Encoding and publishing three events per task to nobody cost a
 no-op task about a fifth of its time. The price: a listener that starts while its events
 are unheard misses up to ``UNHEARD_INTERVAL`` of them. ``worker.*`` events are always
 sent (they are rare, and ``taskq status`` waits for a heartbeat). Brokers that don't
@@ -62,6 +63,7 @@ DEFAULT_FLUSH_INTERVAL = 0.1
 DEFAULT_BATCH = 500
 DEFAULT_CAPACITY = 10_000
 UNHEARD_INTERVAL = 1.0  # seconds an exchange + routing key nobody is bound for goes unsent
+PROBE_GRACE = 0.2  # seconds after its flush that a probe record has to come back returned
 NDJSON = "application/x-ndjson"
 # One encoder for every record: ``json.dumps(..., default=repr)`` builds a new one per call,
 # which was most of the cost of an event.
@@ -102,9 +104,11 @@ class Broadcaster:
         self.unheard = 0  # records not sent because nobody was listening for them
         # (exchange, routing key) -> monotonic time until which its records are not sent
         self._unheard_until: dict[tuple[str, str], float] = {}
+        self._probes: dict[tuple[str, str], bool] = {}  # one record sent to see if still unheard
         self.tasks_done = 0
         self.tasks_failed = 0
-        self.current: dict[str, Any] | None = None
+        # The running task as (message, queue, since); a dict only when a heartbeat asks.
+        self.current: tuple[TaskMessage, str, float] | None = None
         self.capacity = capacity
         # deque.append and popleft are atomic: any thread appends, the main thread pops,
         # no lock per record (queue.Queue's cost two per record). The capacity check
@@ -122,26 +126,39 @@ class Broadcaster:
     def log_processor(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         """structlog processor: queue a copy of the record for the logs fanout; pass it on unchanged."""
         if self.broadcast:
-            record = {**event_dict, "host": self.host, "app": self.app_name, "seq": next(self._sequence)}
-            record.setdefault("pid", self.pid)
-            self._put(topology.LOGS_EXCHANGE, "", record)
+            seq = next(self._sequence)  # numbered even when not sent: listeners count gaps
+            if not self._unheard(topology.LOGS_EXCHANGE, ""):
+                record = {**event_dict, "host": self.host, "app": self.app_name, "seq": seq}
+                record.setdefault("pid", self.pid)
+                self._put(topology.LOGS_EXCHANGE, "", record)
         return event_dict
 
     def emit(self, kind: str, **fields: Any) -> None:
         """Queue a lifecycle event; ``kind`` is its routing key, e.g. ``task.succeeded``."""
+        if self.wants(kind):
+            self._emit(kind, fields)
+
+    def wants(self, kind: str) -> bool:
+        """Whether to build a lifecycle event of this kind at all (an unheard one is counted).
+
+        Asked once per event: the answer may start a probe (see ``_nobody_listens``).
+        """
         if not self.broadcast and kind.startswith("task."):
-            return
-        if self._unheard_until and self._nobody_listens(topology.LIFECYCLE_EXCHANGE, kind):
-            self.unheard += 1
-            return
+            return False
+        return not self._unheard(topology.LIFECYCLE_EXCHANGE, kind)
+
+    def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         record = {"event": kind, "timestamp": time.time(), "host": self.host, "pid": self.pid, "app": self.app_name}
         record.update(fields)
         self._put(topology.LIFECYCLE_EXCHANGE, kind, record)
 
-    def _put(self, exchange: str, routing_key: str, record: dict[str, Any]) -> None:
+    def _unheard(self, exchange: str, routing_key: str) -> bool:
         if self._unheard_until and self._nobody_listens(exchange, routing_key):
             self.unheard += 1
-            return
+            return True
+        return False
+
+    def _put(self, exchange: str, routing_key: str, record: dict[str, Any]) -> None:
         try:
             if len(self._pending) >= self.capacity:
                 raise OverflowError("broadcast queue full")
@@ -151,17 +168,27 @@ class Broadcaster:
                 self.dropped += 1
 
     def _nobody_listens(self, exchange: str, routing_key: str) -> bool:
-        until = self._unheard_until.get((exchange, routing_key))
+        key = (exchange, routing_key)
+        until = self._unheard_until.get(key)
         if until is None:
             return False
-        if time.monotonic() < until:
+        now = time.monotonic()
+        if now < until:
             return True
-        self._unheard_until.pop((exchange, routing_key), None)  # try again with the next record
+        if self._probes.pop(key, None) is not None:
+            # Our probe went out and wasn't returned: somebody listens.
+            self._unheard_until.pop(key, None)
+            return False
+        # The quiet spell is over: this one record goes out as a probe; the next ones wait
+        # until the flush that carries it had time to come back returned (or not).
+        self._probes[key] = True
+        self._unheard_until[key] = now + self.flush_interval + PROBE_GRACE
         return False
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         """py-amqp's ``basic.return`` handler: no queue was bound for this batch."""
         if not routing_key.startswith("worker."):
+            self._probes.pop((exchange, routing_key), None)
             self._unheard_until[(exchange, routing_key)] = time.monotonic() + UNHEARD_INTERVAL
 
     # -- the thread holding the connection (the child's main thread, or its watchdog) -----
@@ -230,7 +257,9 @@ class Broadcaster:
         return {
             "ppid": self.ppid,
             "queues": self.queue_names,
-            "current": self.current,
+            "current": None if self.current is None else {
+                **task_fields(self.current[0], self.current[1]), "since": self.current[2]
+            },
             "done": self.tasks_done,
             "failed": self.tasks_failed,
             "dropped": self.dropped,
@@ -240,18 +269,23 @@ class Broadcaster:
 
     # -- lifecycle bookkeeping ------------------------------------------------------------
 
-    def task_started(self, fields: dict[str, Any]) -> None:
-        self.current = {**fields, "since": time.time()}
-        self.emit("task.started", **fields)
+    def task_started(self, message: TaskMessage, queue_name: str) -> None:
+        self.current = (message, queue_name, time.time())
+        if self.wants("task.started"):
+            self._emit("task.started", task_fields(message, queue_name))
 
-    def task_finished(self, fields: dict[str, Any], ok: bool, runtime: float, exc_type: str, exc_message: str) -> None:
+    def task_finished(self, message: TaskMessage, queue_name: str, ok: bool, runtime: float, exc_type: str,
+                      exc_message: str) -> None:
         self.current = None
         self.tasks_done += 1
         if ok:
-            self.emit("task.succeeded", runtime=runtime, **fields)
+            if self.wants("task.succeeded"):
+                self._emit("task.succeeded", {**task_fields(message, queue_name), "runtime": runtime})
         else:
             self.tasks_failed += 1
-            self.emit("task.failed", runtime=runtime, exc_type=exc_type, exc_message=exc_message, **fields)
+            if self.wants("task.failed"):
+                self._emit("task.failed", {**task_fields(message, queue_name), "runtime": runtime,
+                                           "exc_type": exc_type, "exc_message": exc_message})
 
 
 _active: Broadcaster | None = None
@@ -298,19 +332,19 @@ def task_fields(message: TaskMessage, queue_name: str) -> dict[str, Any]:
 
 
 def task_received(message: TaskMessage, queue_name: str) -> None:
-    if _active is not None:
-        _active.emit("task.received", **task_fields(message, queue_name))
+    if _active is not None and _active.wants("task.received"):
+        _active._emit("task.received", task_fields(message, queue_name))
 
 
 def task_started(message: TaskMessage, queue_name: str) -> None:
     if _active is not None:
-        _active.task_started(task_fields(message, queue_name))
+        _active.task_started(message, queue_name)
 
 
 def task_finished(message: TaskMessage, queue_name: str, ok: bool, runtime: float, exc_type: str = "", exc_message: str = "") -> None:
     """``task.succeeded`` with its runtime, or ``task.failed`` with the exception."""
     if _active is not None:
-        _active.task_finished(task_fields(message, queue_name), ok, runtime, exc_type, exc_message)
+        _active.task_finished(message, queue_name, ok, runtime, exc_type, exc_message)
 
 
 def task_retried(message: TaskMessage, queue_name: str, *, delay: float | None = None, exc_type: str = "", exc_message: str = "") -> None:
