@@ -7,6 +7,7 @@ is missing (the row then reads "unavailable: ...") instead of failing the whole 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import (
@@ -32,6 +33,9 @@ def _check_api() -> None:
             raise Unavailable(f"taskq API missing: {type(obj).__name__}.{attr}")
 
 
+THREADS = 4  # callers in the threaded .delay() reference row
+
+
 class TaskqSystem:
     """``noop.delay()`` for enqueue, ``noop.map()`` for the pre-load, ``noop_result.delay().get()``
     for RPC."""
@@ -45,7 +49,10 @@ class TaskqSystem:
              "dead-letter queue, persistent, publisher confirms, msgpack bodies); "
              "taskq worker -c 2 --loglevel warning (supervisor + 2 children, prefetch 1, ack after run)"),
         ]
-        self.reference_enqueues: dict[str, Callable[[int], None]] = {"taskq .map()": self._enqueue_map}
+        self.reference_enqueues: dict[str, Callable[[int], None]] = {
+            "taskq .map()": self._enqueue_map,
+            f"taskq .delay() x{THREADS} threads": self._enqueue_threads,
+        }
         self._workers: WorkerProcesses | None = None
 
     def enqueue(self, n: int) -> None:
@@ -56,6 +63,16 @@ class TaskqSystem:
     def _enqueue_map(self, n: int) -> None:
         """Reference row: the bulk API pipelines publisher confirms instead of one per message."""
         taskq_app.noop.map(() for _ in range(n))
+
+    def _enqueue_threads(self, n: int) -> None:
+        """Reference row: ``.delay()`` from several threads at once, as a threaded web server
+        calls it. Each confirm still waits for the broker; the pool gives each thread its
+        own connection, so the waits overlap."""
+        delay = taskq_app.noop.delay
+        counts = [n // THREADS + (1 if i < n % THREADS else 0) for i in range(THREADS)]
+        with ThreadPoolExecutor(THREADS) as pool:
+            for future in [pool.submit(lambda k: [delay() for _ in range(k)], count) for count in counts]:
+                future.result()
 
     def preload(self, n: int, first_mark: str, last_mark: str) -> None:
         args = [(first_mark,)] + [()] * (n - 2) + [(last_mark,)]
