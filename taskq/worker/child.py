@@ -69,7 +69,7 @@ class ChildWorker(Settling):
         self._inbox: list[Delivery] = []
         self._executor = limits.TaskThreads()
         self._watchdog = (
-            Watchdog(keep_connection_alive, app.broker.connection_errors, period=tick / 2) if owns_process else None
+            Watchdog(keep_connection_alive, period=tick / 2) if owns_process else None
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -49,16 +49,10 @@ class Watch:
 
 
 class Watchdog:
-    def __init__(
-        self,
-        keep_alive: Callable[[Any], None],
-        connection_errors: tuple[type[BaseException], ...],
-        period: float,
-    ) -> None:
+    def __init__(self, keep_alive: Callable[[Any], None], period: float) -> None:
         self.connection_lock = threading.Lock()
         self.connection_lock.acquire()  # the main thread's, except while a task runs
         self._keep_alive = keep_alive
-        self._connection_errors = connection_errors
         self._period = period
         self._wake = threading.Condition()
         self._watch: Watch | None = None
@@ -120,7 +114,9 @@ class Watchdog:
         try:
             if self._watch is watch:
                 self._keep_alive(watch.connection)
-        except self._connection_errors as exc:
+        except Exception as exc:  # noqa: BLE001 - never let the watchdog thread die silently
+            # A broken connection, or anything else the connection raised: the main thread
+            # raises it once the task returns (the child then reconnects, or is replaced).
             self._lost = exc
         finally:
             self.connection_lock.release()
