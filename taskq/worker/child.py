@@ -68,9 +68,10 @@ class ChildWorker(Settling):
         self.idle_ticks = 0
         self._inbox: list[Delivery] = []
         self._executor = limits.TaskThreads()
-        self._watchdog = (
-            Watchdog(keep_connection_alive, period=tick / 2) if owns_process else None
-        )
+        self._watchdog = Watchdog(keep_connection_alive, period=tick / 2) if owns_process else None
+        # A concrete logger for the per-task lines (made once logging is configured): the
+        # module's lazy proxy builds a new logger on every call, 6% of a no-op task's time.
+        self._task_log = log.bind()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -89,9 +90,6 @@ class ChildWorker(Settling):
         self.stopping = True
 
     def run(self) -> int:
-        # A concrete logger for the per-task lines: the module's lazy proxy builds a new
-        # logger on every call, which was 6% of a no-op task's time.
-        self._task_log = log.bind()
         backoff = 0.5
         while not self.stopping:
             connection = self.app.broker.connect(heartbeat=self.app.heartbeat)
@@ -236,7 +234,7 @@ class ChildWorker(Settling):
         # task.retried or task.dead_lettered that follows from it.
         events.task_finished(task_message, delivery.queue, False, outcome.runtime, reply.exc_type, reply.exc_message)
         self._task_log.warning("task failed", runtime=round(outcome.runtime, 6), exc_type=reply.exc_type,
-                    exc_message=reply.exc_message, **context)
+                               exc_message=reply.exc_message, **context)
         self._settle(connection, publish_channel, delivery, task_message, outcome)
 
     def _run_here(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage,
