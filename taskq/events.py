@@ -104,7 +104,7 @@ class Broadcaster:
         self.unheard = 0  # records not sent because nobody was listening for them
         # (exchange, routing key) -> monotonic time until which its records are not sent
         self._unheard_until: dict[tuple[str, str], float] = {}
-        self._probes: dict[tuple[str, str], bool] = {}  # one record sent to see if still unheard
+        self._probes: set[tuple[str, str]] = set()  # keys whose one probe record is out
         self.tasks_done = 0
         self.tasks_failed = 0
         # The running task as (message, queue, since); a dict only when a heartbeat asks.
@@ -175,20 +175,21 @@ class Broadcaster:
         now = time.monotonic()
         if now < until:
             return True
-        if self._probes.pop(key, None) is not None:
+        if key in self._probes:
+            self._probes.discard(key)
             # Our probe went out and wasn't returned: somebody listens.
             self._unheard_until.pop(key, None)
             return False
         # The quiet spell is over: this one record goes out as a probe; the next ones wait
         # until the flush that carries it had time to come back returned (or not).
-        self._probes[key] = True
+        self._probes.add(key)
         self._unheard_until[key] = now + self.flush_interval + PROBE_GRACE
         return False
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         """py-amqp's ``basic.return`` handler: no queue was bound for this batch."""
         if not routing_key.startswith("worker."):
-            self._probes.pop((exchange, routing_key), None)
+            self._probes.discard((exchange, routing_key))
             self._unheard_until[(exchange, routing_key)] = time.monotonic() + UNHEARD_INTERVAL
 
     # -- the thread holding the connection (the child's main thread, or its watchdog) -----

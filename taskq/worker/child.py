@@ -259,7 +259,8 @@ class ChildWorker(Settling):
 
     def _wait_for_outcome(self, connection: Connection, future: Any, guard: limits.TaskThreadGuard,
                           deadlines: limits.Deadlines) -> Outcome | None:
-        """Serve the connection until the task ends; None if it ran past its hard time limit.
+        """In-process worker (no watchdog): serve the connection until the task, on the task
+        thread, ends; None if it ran past its hard time limit.
 
         If the connection breaks meanwhile, the task is still waited for (never two at
         once in one child, and its limits still hold), then the error is raised: the
@@ -274,8 +275,6 @@ class ChildWorker(Settling):
                 guard.interrupt()
             if deadlines.hard is not None and now >= deadlines.hard:
                 if lost is not None:  # nothing to settle: the broker requeued the message
-                    if self.owns_process:
-                        os._exit(limits.EXIT_TIME_LIMIT)
                     raise lost
                 return None
             try:
