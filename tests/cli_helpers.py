@@ -49,7 +49,8 @@ class Listener:
         return self.stderr_path.read_text()
 
     def json_lines(self, text: str | None = None) -> list[dict]:
-        return [json.loads(line) for line in (self.stdout() if text is None else text).splitlines() if line.strip()]
+        """The complete lines as JSON; a last line still being written is left for the next read."""
+        return [json.loads(line) for line in complete_lines(self.stdout() if text is None else text) if line.strip()]
 
     def stop(self) -> str:
         """Ctrl-C; returns stderr, where the summary is."""
@@ -63,6 +64,11 @@ class Listener:
             self.process.send_signal(signal.SIGCONT)
             self.process.kill()
             self.process.wait(10)
+
+
+def complete_lines(text: str) -> list[str]:
+    """Lines that end in a newline: a reader racing the writer may see half of the last one."""
+    return text.split("\n")[:-1]
 
 
 def rabbitmqctl_queues() -> dict[str, tuple[int, int, int]]:

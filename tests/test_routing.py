@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 
@@ -88,11 +87,11 @@ def test_two_apps_integrated_by_events(apps, start_worker, listeners, tmp_path):
         f"audit {PREFIX}.user.created {order}": 1,
     })
     wait_until(lambda: lines(path) == expected, what="each group's handlers")
-    wait_until(lambda: len(watcher.stdout().splitlines()) >= 2, what="taskq events to print")
+    wait_until(lambda: len(watcher.json_lines()) >= 2, what="taskq events to print")
     wait_until(lambda: settled([billing_queue, audit_queue]), what="queues drained")
     assert lines(path) == expected
     watcher.stop()
-    printed = [json.loads(line) for line in watcher.stdout().splitlines()]
+    printed = watcher.json_lines()
     assert [event["topic"] for event in printed] == [f"{PREFIX}.order.created", f"{PREFIX}.order.paid"]
     assert printed[0]["payload"] == {"path": str(path), "order": order}
 
