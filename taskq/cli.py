@@ -15,6 +15,7 @@ from taskq.broker import is_embedded
 from taskq.cli_common import UserError, app_from_option, app_option, broker_option
 from taskq.cli_dead import dead
 from taskq.cli_ops import OPERATOR_COMMANDS
+from taskq.errors import ConfigurationError
 from taskq.dashboard.cli import dashboard  # imports Starlette and uvicorn only when it runs
 from taskq.logs import LEVELS, configure_logging
 
@@ -82,8 +83,12 @@ def worker(
     if not queue_names:
         raise UserError("-Q: no queue names given")
     options = WorkerOptions(queues=queue_names, concurrency=concurrency or os.cpu_count() or 1)
+    try:
+        supervisor = Supervisor(app, options)
+    except ConfigurationError as exc:
+        raise UserError(str(exc)) from None
     click.echo(banner(app, options), err=True)
-    sys.exit(Supervisor(app, options).run())
+    sys.exit(supervisor.run())
 
 
 def banner(app: App, options) -> str:

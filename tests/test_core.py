@@ -194,6 +194,17 @@ def test_worker_with_unknown_app_prints_one_line_and_exits_2():
     assert done.stderr.strip().splitlines() == ["Error: -A 'nosuchmodule:app': no module named 'nosuchmodule'"]
 
 
+def test_worker_refuses_a_queue_name_topic_routing_would_misread_before_starting_children():
+    done = subprocess.run(
+        [sys.executable, "-m", "taskq", "worker", "-A", "tests.apps:app", "-Q", "orders.*", "-c", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: queue name 'orders.*' has an empty, '*' or '#' word, which topic routing would misread"
+    ]
+
+
 def test_cli_typo_gets_usage_not_traceback():
     done = subprocess.run([sys.executable, "-m", "taskq", "wroker"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2

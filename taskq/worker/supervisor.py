@@ -42,6 +42,10 @@ class Supervisor:
     """Keeps ``concurrency`` children alive until a signal says stop."""
 
     def __init__(self, app: App, options: WorkerOptions) -> None:
+        # A queue name the app can't declare would fail in every child, and every
+        # replacement: refuse it here, once, with the reason (ConfigurationError).
+        for name in options.queues:
+            app.queue(name)
         self.app = app
         self.options = options
         self.children: dict[int, ChildProcess] = {}
