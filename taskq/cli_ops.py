@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import time
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import click
 import structlog
@@ -23,7 +23,7 @@ from taskq.cli_common import UserError, app_option, broker_option, load, optiona
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
-from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, records
+from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, reconnect_delay, records
 
 
 max_length_option = click.option(
@@ -57,9 +57,39 @@ def broker_errors(app: App) -> Iterator[None]:
         raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
 
 
-def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, **kwargs: Any) -> None:
-    with broker_errors(app):
-        subscription.run(on_message, should_stop=stop, **kwargs)
+def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, *, command: str,
+                     on_ready: Callable[[str], None]) -> None:
+    """Listen until Ctrl-C, through broker outages.
+
+    A broker unreachable at the start is an error (exit 1): likely a wrong URL. Once
+    listening, a lost connection is re-made with backoff, said once on stderr: a follower
+    should outlive a broker restart. The listener's queue went with the connection, so
+    what was sent meanwhile is missed (``taskq logs`` counts those lines by their numbers).
+    """
+    listening = False
+    attempt = 0
+
+    def ready(queue: str) -> None:
+        nonlocal listening, attempt
+        if listening:
+            click.echo(f"taskq {command}: reconnected, listening again (queue {queue})", err=True)
+        else:
+            on_ready(queue)
+        listening, attempt = True, 0
+
+    while not stop():
+        try:
+            subscription.run(on_message, should_stop=stop, on_ready=ready)
+            return
+        except app.broker.connection_errors as exc:
+            if not listening:
+                raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
+            if attempt == 0:
+                click.echo(f"taskq {command}: lost the broker ({type(exc).__name__}: {exc}); reconnecting", err=True)
+        pause_until = time.monotonic() + reconnect_delay(attempt)
+        attempt += 1
+        while not stop() and time.monotonic() < pause_until:
+            time.sleep(0.1)
 
 
 # -- logs ---------------------------------------------------------------------------------
@@ -124,7 +154,7 @@ def logs(app_path: str | None, broker: str | None, level: str, task_name: str | 
     stop = StopFlag()
     subscription = Subscription(app.broker, topology.logs_exchange(), [""], max_length=max_length)
     run_subscription(
-        app, subscription, printer, stop,
+        app, subscription, printer, stop, command="logs",
         on_ready=lambda queue: click.echo(f"taskq logs: listening on {topology.LOGS_EXCHANGE} (queue {queue}); Ctrl-C to stop", err=True),
     )
     click.echo(f"taskq logs: received {printer.received} lines, missed {printer.gaps.missed}", err=True)
@@ -160,7 +190,7 @@ def events(pattern: str, app_path: str | None, broker: str | None, as_json: bool
 
     subscription = Subscription(app.broker, topology.events_exchange(), [pattern], max_length=max_length)
     run_subscription(
-        app, subscription, on_message, stop,
+        app, subscription, on_message, stop, command="events",
         on_ready=lambda queue: click.echo(f"taskq events: listening for {pattern!r} on {topology.EVENTS_EXCHANGE}; Ctrl-C to stop", err=True),
     )
 

@@ -17,16 +17,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
 from taskq.errors import TaskError
 from tests.cli_helpers import FAST_HEARTBEATS
 from tests.conftest import ROOT, queue_state, wait_until
+from tests.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.broker
 CHROMIUM = "/usr/bin/chromium"
@@ -44,70 +43,7 @@ def require(problem: str | None) -> None:
     pytest.skip(problem)
 
 
-# -- the pieces: a proxy standing for the broker, the dashboard process, the browser ------------
-
-
-class Proxy:
-    """A TCP forwarder to the broker that can be cut (every connection reset) and restored on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        probe = socket.create_server(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: rebinding works
-        self.listener.settimeout(0.1)
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.close()
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while self.listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+# -- the pieces: the dashboard process, the browser ---------------------------------------------
 
 
 class Dashboard:
@@ -259,11 +195,9 @@ def test_the_page_shows_queues_workers_failures_and_logs_and_its_actions_work(
 
     worker = start_worker([queue_name], 1, extra_env=FAST_HEARTBEATS)
     [child_pid] = worker.child_pids()
-    broker = urlparse(broker_url)
-    proxy = Proxy((broker.hostname, broker.port or 5672))
+    proxy = Proxy(broker_url)
     proxy.start()
-    through_proxy = broker._replace(netloc=f"{broker.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}").geturl()
-    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", through_proxy], tmp_path / "dashboard.log")
+    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", proxy.url], tmp_path / "dashboard.log")
     try:
         browser.get(dashboard.url)
         page_shows(browser, "#broker-state", "broker: up", exact=True)

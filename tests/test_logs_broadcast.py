@@ -16,6 +16,7 @@ from taskq.subscriber import Subscription, records
 from tests.cli_helpers import FAST_HEARTBEATS, rabbitmqctl_queues, delete_prefixed_entities, evapp, listeners  # noqa: F401 (fixtures)
 from tests.conftest import wait_until
 from tests.event_apps import add, boom, chatty, fails_twice
+from tests.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.broker
 APP = "tests.event_apps:app"
@@ -101,6 +102,42 @@ def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, qu
     assert reported >= 300 - 100 - 5  # at most its prefetch plus its queue survived
     assert received >= len(ours) and missed >= reported
     assert summary(keeping_up.stop())[1] == 0
+
+
+def test_a_follower_outlives_a_broker_outage_and_counts_the_lines_it_missed(
+    evapp, queue_name, start_worker, listeners, broker_url
+):
+    start_worker([queue_name], 1, app=APP, extra_env={"TASKQ_BROADCAST_BATCH": "1"})
+    proxy = Proxy(broker_url)  # the follower's way to the broker, to cut and restore
+    proxy.start()
+    try:
+        follower = listeners("logs", "-A", APP, "--json", "--broker", proxy.url, name="follower")
+        # A second listener, straight to the broker: it shows when the worker has sent a
+        # line (a worker sends its lines up to a second after they were logged, events.md).
+        witness = listeners("logs", "-A", APP, "--json", name="witness")
+        before, during, after = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+
+        def printed(listener, tag: str) -> int:
+            return sum(line.get("tag") == tag for line in listener.json_lines())
+
+        assert chatty.apply_async((3, before), queue=queue_name).get(timeout=20) == 3
+        wait_until(lambda: printed(follower, before) == 3, what="the lines before the outage")
+
+        proxy.stop()
+        wait_until(lambda: "lost the broker" in follower.stderr(), what="the follower noticing")
+        assert chatty.apply_async((5, during), queue=queue_name).get(timeout=20) == 5
+        wait_until(lambda: printed(witness, during) == 5, what="the worker sending the outage's lines")
+        proxy.start()
+        wait_until(lambda: "listening again" in follower.stderr(), what="the follower reconnecting")
+        assert chatty.apply_async((1, after), queue=queue_name).get(timeout=20) == 1
+        wait_until(lambda: printed(follower, after) == 1, what="lines reaching the follower again")
+
+        assert follower.process.poll() is None
+        assert printed(follower, during) == 0
+        received, missed = summary(follower.stop())
+        assert missed >= 5  # at least the outage's five lines, found by their sequence numbers
+    finally:
+        proxy.stop()
 
 
 def test_children_sharing_stderr_never_split_a_json_line(evapp, queue_name, start_worker):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from taskq.broker import queue_counts
 from taskq.dashboard.state import CONNECTING, DashboardState, Failure
 from taskq.errors import TaskqError
 from taskq.status import QueueStats, with_dead_letter_queues
-from taskq.subscriber import Subscription, records
+from taskq.subscriber import Subscription, reconnect_delay, records
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -49,12 +48,6 @@ log = structlog.get_logger("taskq.dashboard")
 REFRESH_INTERVAL = 1.0  # seconds between queue counts
 DEAD_LETTERS_SHOWN = 50  # per queue: the page is for a look, `taskq dead list` for the full list
 SUBSCRIPTION_LENGTH = 10_000  # messages the broker holds for a loop that falls behind; then drops the oldest
-
-
-def backoff(attempt: int) -> float:
-    """0.5 s doubling to 10 s, jittered in the upper half, so dashboards don't reconnect in step."""
-    ceiling = min(10.0, 0.5 * 2**attempt)
-    return random.uniform(ceiling / 2, ceiling)
 
 
 class UserActionError(TaskqError):
@@ -142,7 +135,7 @@ class Feed:
                     log.warning("dashboard lost the broker; reconnecting", loop=name, broker=self.broker.masked_url, error=problem)
                 if name == "counts":
                     self._fail_pending_actions(problem)
-            self.stopping.wait(backoff(attempt))
+            self.stopping.wait(reconnect_delay(attempt))
             attempt += 1
 
     def _serve_workers(self, connected: Callable[[], None]) -> None:
