@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         delete_queues([QUEUE, f"{QUEUE}.dead"])
     print(f"{n} tasks: {n / wall:,.0f} tasks/s, CPU {cpu / n * 1e6:.0f} µs/task, wall {wall / n * 1e6:.0f} µs/task")
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler).sort_stats(*(argv[argv.index("--sort") + 1].split(",") if "--sort" in argv else ["tottime"])).print_stats(60)
 
 
 if __name__ == "__main__":

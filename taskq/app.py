@@ -236,10 +236,14 @@ class App:
         the broker returns it and this raises ``Unroutable`` instead of losing the task.
         """
         listener = None
-        properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
+        properties: dict[str, Any] = {"message_id": message.id}
         if want_result:
+            # The RPC pair: the reply comes back to reply_to, matched by correlation_id.
+            # Without a reply there is nothing to correlate, and every byte of a persistent
+            # message costs the broker (benchmarks.md).
             listener = self._reply_listener()
             properties["reply_to"] = listener.reply_to()
+            properties["correlation_id"] = message.id
             listener.expect(message.id)
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
@@ -275,10 +279,10 @@ class App:
         reply_to = listener.reply_to() if listener is not None else None
         outgoing = []
         for message in messages:
-            properties: dict[str, Any] = {"message_id": message.id, "correlation_id": message.id}
+            properties: dict[str, Any] = {"message_id": message.id}
             if listener is not None:
                 message = replace(message, reply_to=reply_to)
-                properties["reply_to"] = reply_to
+                properties.update(reply_to=reply_to, correlation_id=message.id)
                 listener.expect(message.id)
             outgoing.append(Outgoing(message.body(), queue, message.headers(), properties))
         try:

@@ -91,7 +91,7 @@ def decode_task(
     kwargs = payload.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise InvalidMessage("malformed-body", "'args' must be a list and 'kwargs' a map")
-    task_id = headers.get("id") or properties.get("correlation_id") or properties.get("message_id")
+    task_id = headers.get("id") or properties.get("message_id") or properties.get("correlation_id")
     if not isinstance(task_id, str) or not task_id:
         raise InvalidMessage("missing-task-id", "no 'id' header")
     expires_at = headers.get("expires_at")

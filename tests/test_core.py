@@ -92,13 +92,15 @@ def test_unencodable_arguments_and_results(app, queue_name, start_worker):
         unserializable_result.apply_async(queue=queue_name).get(timeout=10)
 
 
-def test_ignore_result_publishes_no_reply_to(app, queue_name, amqp, tmp_path):
+def test_ignore_result_publishes_no_reply_to_nor_correlation_id(app, queue_name, amqp, tmp_path):
     result = record_quietly.apply_async((str(tmp_path / "log"), "q"), queue=queue_name)
     with pytest.raises(TaskqError, match="ignore_result"):
         result.get(timeout=1)
     message = amqp.default_channel.basic_get(queue_name, no_ack=True)
     assert message.headers["id"] == result.id
+    assert message.properties["message_id"] == result.id
     assert not message.properties.get("reply_to")
+    assert not message.properties.get("correlation_id")
 
 
 def _read_one_with_pika(queue_name: str):
@@ -128,7 +130,8 @@ def test_wire_format_as_a_second_amqp_client_sees_it(app, queue_name):
     assert message.properties.content_type == "application/x-msgpack"
     assert message.properties.headers["task"] == "tests.apps.add"
     assert message.properties.headers["id"] == result.id
-    assert message.properties.correlation_id == result.id
+    assert message.properties.message_id == result.id
+    assert message.properties.correlation_id == result.id  # with reply_to: the RPC pair
     assert message.properties.reply_to.startswith("taskq.reply.")
     assert msgpack.unpackb(message.body) == {"args": [2, 3], "kwargs": {}}
     # The queue is durable: declaring it non-durable is refused by the broker.
