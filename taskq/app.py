@@ -239,8 +239,8 @@ class App:
         properties: dict[str, Any] = {"message_id": message.id}
         if want_result:
             # The RPC pair: the reply comes back to reply_to, matched by correlation_id.
-            # Without a reply there is nothing to correlate, and every byte of a persistent
-            # message costs the broker (benchmarks.md).
+            # Without a reply there is nothing to correlate, and each property of a
+            # persistent message costs the broker (benchmarks.md).
             listener = self._reply_listener()
             properties["reply_to"] = listener.reply_to()
             properties["correlation_id"] = message.id

@@ -15,8 +15,8 @@ from taskq.broker import is_embedded
 from taskq.cli_common import UserError, app_from_option, app_option, broker_option
 from taskq.cli_dead import dead
 from taskq.cli_ops import OPERATOR_COMMANDS
-from taskq.errors import ConfigurationError
 from taskq.dashboard.cli import dashboard  # imports Starlette and uvicorn only when it runs
+from taskq.errors import ConfigurationError
 from taskq.logs import LEVELS, configure_logging
 
 

@@ -54,7 +54,11 @@ def broker_errors(app: App) -> Iterator[None]:
     try:
         yield
     except app.broker.connection_errors as exc:
-        raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
+        raise broker_error(app, exc) from None
+
+
+def broker_error(app: App, exc: BaseException) -> click.ClickException:
+    return click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}")
 
 
 def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, *, command: str,
@@ -83,7 +87,7 @@ def run_subscription(app: App, subscription: Subscription, on_message, stop: Sto
             return
         except app.broker.connection_errors as exc:
             if not listening:
-                raise click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}") from None
+                raise broker_error(app, exc) from None
             if attempt == 0:
                 click.echo(f"taskq {command}: lost the broker ({type(exc).__name__}: {exc}); reconnecting", err=True)
         pause_until = time.monotonic() + reconnect_delay(attempt)

@@ -96,6 +96,17 @@ def test_user_errors_are_one_line_and_exit_2(broker_url, args, message):
     assert message in result.stderr and result.stderr.startswith("Error: ")
 
 
+@pytest.mark.parametrize("command", ["logs", "events"])
+def test_a_listener_that_cannot_reach_the_broker_at_the_start_says_so_in_one_line(command):
+    # Port 1: nothing listens there. A follower keeps going through an outage
+    # (test_logs_broadcast), but a broker it never reached is most likely a wrong URL.
+    result = taskq(command, "--broker", "amqp://guest:secret@127.0.0.1:1//", broker_url="amqp://unused//")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: broker at amqp://guest:**@127.0.0.1:1//: "), result.stderr
+    assert "secret" not in result.stderr
+
+
 def test_every_command_has_help(broker_url):
     from taskq.cli import main
 
