@@ -13,7 +13,8 @@ Shapes: ``bare`` (taskq's msgpack body and content type, nothing else), ``taskq`
 fire-and-forget ``.delay()`` sends: ``task``/``id``/``attempts`` headers and
 ``message_id``), ``taskq rpc`` (plus ``reply_to`` and ``correlation_id``, as a ``.delay()``
 whose result is wanted), ``bare + 200 B`` (bare with 200 more body bytes: the same
-number of bytes as the envelope, somewhere else).
+number of bytes as the envelope, somewhere else), ``lean`` (a possible envelope: the task
+name in the AMQP ``type`` property, the id in ``message_id``, no headers table).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def shapes() -> dict[str, amqp.Message]:
         "taskq": amqp.Message(body, **plain, **identity),
         "taskq rpc": amqp.Message(body, **plain, **identity, **rpc),
         "bare + 200 B": amqp.Message(body + b"\x00" * 200, **plain),
+        "lean": amqp.Message(body, **plain, type=task.task, message_id=task.id),
     }
 
 
