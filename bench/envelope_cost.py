@@ -20,6 +20,7 @@ name in the AMQP ``type`` property, the id in ``message_id``, no headers table).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -106,6 +107,11 @@ def drain(n: int, log_path: Path, global_qos: bool) -> tuple[float, float]:
     return n / elapsed, broker_cpu / n * 1e6
 
 
+def ratio(value: float, bare: float) -> float:
+    """value / bare; NaN when bare measured nothing (a tiny run inside one CPU clock tick)."""
+    return value / bare if bare else math.nan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="messages per shape and round")
@@ -142,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
           f"medians of {args.rounds} rounds (ratios to bare within each round)")
     print(f"{'shape':<14} {'bytes':>6} {'drain msg/s':>12} {'ratio':>6} {'broker µs/msg':>14} {'ratio':>6}")
     for name in messages:
-        rate_ratio = statistics.median(r / b for r, b in zip(rates[name], rates["bare"]))
-        cpu_ratio = statistics.median(c / b for c, b in zip(broker_us[name], broker_us["bare"]))
+        rate_ratio = statistics.median(map(ratio, rates[name], rates["bare"]))
+        cpu_ratio = statistics.median(map(ratio, broker_us[name], broker_us["bare"]))
         print(f"{name:<14} {sizes[name]:>6} {statistics.median(rates[name]):>12,.0f} {rate_ratio:>5.2f}x "
               f"{statistics.median(broker_us[name]):>14.0f} {cpu_ratio:>5.2f}x")
     return 0

@@ -1,4 +1,4 @@
-"""Smoke test for the benchmark harness (``python -m bench.compare``) at tiny sizes.
+"""Smoke tests for the benchmark harness (``python -m bench.compare``) and bench.envelope_cost at tiny sizes.
 
 It checks the harness works end to end, not how fast anything is: every system that can run here
 gets a row of positive numbers. Raw kombu must run (it is the baseline every ratio divides by);
@@ -8,11 +8,14 @@ are the optional ``bench`` extra).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
 
 from bench.compare import COLUMNS, Settings, render_table, run
+from tests.conftest import ROOT
 
 SYSTEMS = ["kombu", "taskq", "celery", "dramatiq"]
 
@@ -44,3 +47,18 @@ def test_harness_produces_a_row_per_system(broker_url: str) -> None:
     for row in rows:
         if row.reference:
             assert row.enqueue_per_s is not None and row.enqueue_per_s > 0, row.system
+
+
+@pytest.mark.broker
+def test_envelope_cost_prints_a_row_per_shape(broker_url: str) -> None:
+    from bench.envelope_cost import shapes
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.envelope_cost", "--n", "20", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line[:14].strip(): line[14:].split() for line in done.stdout.splitlines()[2:]}
+    assert list(rows) == list(shapes())
+    for name, (size, rate, rate_ratio, cpu, cpu_ratio) in rows.items():
+        assert int(size) > 0 and float(rate.replace(",", "")) > 0, (name, rows[name])
