@@ -134,7 +134,7 @@ def test_a_follower_outlives_a_broker_outage_and_counts_the_lines_it_missed(
 
         assert follower.process.poll() is None
         assert printed(follower, during) == 0
-        received, missed = summary(follower.stop())
+        _, missed = summary(follower.stop())
         assert missed >= 5  # at least the outage's five lines, found by their sequence numbers
     finally:
         proxy.stop()
