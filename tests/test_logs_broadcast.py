@@ -28,12 +28,14 @@ def summary(stderr: str) -> tuple[int, int]:
 
 
 def test_every_subscriber_gets_every_line_with_the_task_context(evapp, queue_name, start_worker, listeners, tmp_path):
-    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    # Listeners first: a worker that finds nobody bound stops sending for a second, and the
+    # listener that binds then misses the lines around its probe (events.md).
     log_file = tmp_path / "worker-lines.jsonl"
     log_file.write_text("")  # --output appends
     to_file = listeners("logs", "-A", APP, "--json", "--output", str(log_file), name="to-file")
     to_screen = listeners("logs", "-A", APP, "--json", name="to-screen")
     warnings = listeners("logs", "-A", APP, "--json", "--level", "warning", "--task", chatty.name, name="warnings")
+    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
     tag = uuid.uuid4().hex
     assert chatty.apply_async((30, tag), queue=queue_name).get(timeout=20) == 30
     assert chatty.apply_async((3, tag, "warning"), queue=queue_name).get(timeout=20) == 3
@@ -74,10 +76,10 @@ def test_every_subscriber_gets_every_line_with_the_task_context(evapp, queue_nam
 
 def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, queue_name, start_worker, listeners):
     # One line per message, so the listener's x-max-length of 5 counts lines.
+    keeping_up = listeners("logs", "-A", APP, "--json", name="keeping-up")  # bound before the worker starts
+    slow = listeners("logs", "-A", APP, "--json", "--max-length", "5", name="slow")
     worker = start_worker([queue_name], 1, app=APP, extra_env={**FAST_HEARTBEATS, "TASKQ_BROADCAST_BATCH": "1"})
     [child_pid] = worker.child_pids()
-    keeping_up = listeners("logs", "-A", APP, "--json", name="keeping-up")
-    slow = listeners("logs", "-A", APP, "--json", "--max-length", "5", name="slow")
     slow.process.send_signal(signal.SIGSTOP)
 
     def finished(listener, task_id):
@@ -107,14 +109,15 @@ def test_a_slow_subscriber_loses_the_oldest_lines_and_reports_how_many(evapp, qu
 def test_a_follower_outlives_a_broker_outage_and_counts_the_lines_it_missed(
     evapp, queue_name, start_worker, listeners, broker_url
 ):
-    start_worker([queue_name], 1, app=APP, extra_env={"TASKQ_BROADCAST_BATCH": "1"})
     proxy = Proxy(broker_url)  # the follower's way to the broker, to cut and restore
     proxy.start()
     try:
         follower = listeners("logs", "-A", APP, "--json", "--broker", proxy.url, name="follower")
         # A second listener, straight to the broker: it shows when the worker has sent a
-        # line (a worker sends its lines up to a second after they were logged, events.md).
+        # line (a worker sends its lines up to a second after they were logged, events.md),
+        # and keeps the worker from ever finding nobody bound.
         witness = listeners("logs", "-A", APP, "--json", name="witness")
+        start_worker([queue_name], 1, app=APP, extra_env={"TASKQ_BROADCAST_BATCH": "1"})
         before, during, after = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
 
         def printed(listener, tag: str) -> int:
