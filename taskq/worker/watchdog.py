@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from taskq.worker.limits import Deadlines, TaskThreadGuard
@@ -44,7 +44,6 @@ class Watch:
     # has passed; given the connection error if the connection broke during the task.
     # In a forked child it does not return.
     on_hard_limit: Callable[[BaseException | None], None]
-    started: float = field(default_factory=time.monotonic)
     soft_sent: bool = False  # set by the watchdog: the soft limit is raised once at most
 
 
