@@ -241,3 +241,47 @@ def test_unheard_events_are_not_sent_until_a_listener_binds(evapp, queue_name, s
         for stop, thread in stops:
             stop.set()
             thread.join(10)
+
+
+def test_a_listener_bound_while_lines_are_unheard_gets_every_line_logged_after(evapp, queue_name, start_worker, listeners):
+    """A worker whose log lines nobody heard holds them back rather than sending them to
+    nobody; a ``taskq logs`` that binds then gets every line logged from then on (events.md)."""
+    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    [child_pid] = worker.child_pids()
+    heartbeats: list[dict] = []
+    stop, ready = threading.Event(), threading.Event()
+    # Bound to every lifecycle event, so the task events are heard and a heartbeat's
+    # ``unheard`` can only count this child's log lines.
+    subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), ["#"])
+    thread = threading.Thread(
+        target=subscription.run, args=(lambda message: heartbeats.extend(records(message)),),
+        kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
+    )
+    thread.start()
+    assert ready.wait(10)
+    try:
+        def lines_unheard() -> bool:
+            assert chatty.apply_async((1, "unheard"), queue=queue_name).get(timeout=20) == 1
+            return any(beat.get("event") == "worker.heartbeat" and beat.get("pid") == child_pid
+                       and beat.get("unheard", 0) > 0 for beat in heartbeats)
+
+        # Another session's `taskq logs` on this broker would keep the lines heard: wait long.
+        wait_until(lines_unheard, timeout=120, what="a heartbeat counting this child's unheard log lines")
+        follower = listeners("logs", "-A", APP, "--json", name="follower")
+        tag, count = uuid.uuid4().hex, 40
+        results = [chatty.apply_async((1, tag), queue=queue_name) for _ in range(count)]
+        assert [result.get(timeout=30) for result in results] == [1] * count
+
+        def ours() -> list[dict]:
+            return [line for line in follower.json_lines() if line.get("tag") == tag]
+
+        try:
+            wait_until(lambda: len(ours()) == count, timeout=30, what=f"all {count} lines at the new listener")
+        finally:
+            received, missed = len(ours()), summary(follower.stop())[1]
+            reported = sum(int(n) for n in re.findall(rf"missed (\d+) lines from \S+ pid {child_pid}\b", follower.stderr()))
+            print(f"received {received} of {count} lines; missed {missed} in all, {reported} from the child")
+        assert reported == 0
+    finally:
+        stop.set()
+        thread.join(10)
