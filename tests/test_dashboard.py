@@ -294,6 +294,30 @@ def test_a_port_in_use_is_a_user_error(dashboard_deps):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_recent_failures_are_the_newest_dead_letters_with_their_args(dashboard_deps, app, queue_name, start_worker, broker_url, tmp_path):
+    from tests.apps import fail
+
+    start_worker([queue_name], 1)  # one child: dead-lettered in the order sent
+    count = 60  # more than the 50 the page shows
+    results = [fail.apply_async((f"failure {n}",), queue=queue_name) for n in range(count)]
+    for result in results:
+        with pytest.raises(TaskError):
+            result.get(timeout=60)
+    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", broker_url], tmp_path / "dashboard.log")
+    try:
+        def failures() -> list[dict]:
+            status, _, text = request(dashboard.url, path="/api/state")
+            assert status == 200
+            return json.loads(text)["failures"]
+
+        shown = wait_until(lambda: failures() or None, what="the failures in /api/state")
+        assert [f["task_id"] for f in shown] == [r.id for r in reversed(results)][:50]  # the newest 50, newest first
+        assert shown[0]["args"] == f"'failure {count - 1}'"
+        assert shown[0]["exc_message"] == f"failure {count - 1}"
+    finally:
+        dashboard.stop()
+
+
 # -- who may talk to it: its own page and the operator's scripts, not another site ----------------
 
 
@@ -423,3 +447,14 @@ def test_state_keeps_a_bounded_tail_of_short_log_lines():
     assert len(lines) == LOG_LINES_KEPT and lines[0]["index"] == 10 and lines[-1]["n"] == LOG_LINES_KEPT + 10
     assert len(lines[0]["blob"]) == LONGEST_VALUE + 1 and lines[0]["blob"].endswith("…")
     assert [line["index"] for line in state.logs_after(LOG_LINES_KEPT + 8)] == [LOG_LINES_KEPT + 8, LOG_LINES_KEPT + 9]
+
+
+def test_a_failure_shows_its_call_cut_short_and_survives_a_body_it_cant_decode():
+    from taskq.dashboard.feed import LONGEST_ARGS, call_arguments
+    from taskq.message import pack
+
+    assert call_arguments(pack({"args": [1, "x"], "kwargs": {"retries": 2}})) == "1, 'x', retries=2"
+    for hostile in (b"\xc1 not msgpack", "", pack([1, 2]), pack({"args": 5})):
+        assert call_arguments(hostile) == "(a body taskq can't decode)"
+    long = call_arguments(pack({"args": ["y" * 1000]}))
+    assert len(long) == LONGEST_ARGS + 1 and long.endswith("…")

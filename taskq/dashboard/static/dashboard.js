@@ -134,7 +134,7 @@ function renderFailures(failures) {
   if (key === lastFailures) return; // leave the buttons alone unless something changed
   lastFailures = key;
   const items = failures.map((f) => el("div", { class: "failure", "data-task-id": f.task_id, "data-queue": f.queue },
-    el("div", {}, el("strong", {}, f.task), " ", el("span", { class: "muted" }, `[${f.task_id}] in ${f.queue}, ${f.reason}`
+    el("div", {}, el("strong", {}, f.task), el("span", { class: "args" }, `(${f.args})`), " ", el("span", { class: "muted" }, `[${f.task_id}] in ${f.queue}, ${f.reason}`
       + (f.attempts !== null ? `, ${f.attempts} attempt(s)` : "")), " ",
       el("button", { class: "replay-one", onclick: () => act("/api/replay", { queue: f.queue, task_id: f.task_id }) }, "Replay")),
     el("div", { class: "exc" }, f.exc_type ? `${f.exc_type}: ${f.exc_message}` : f.detail),
