@@ -150,6 +150,8 @@ class Broadcaster:
         self.dropped = 0
         self.unheard = 0  # records not sent because nobody was listening for them
         self._held = HeldLines(capacity)
+        self._probe_numbers = itertools.count(1)
+        self._probe_id = ""  # the message_id of the last log probe sent
         # (exchange, routing key) -> monotonic time until which its records are not sent
         self._unheard_until: dict[tuple[str, str], float] = {}
         self._probes: set[tuple[str, str]] = set()  # keys whose one probe record is out
@@ -240,6 +242,8 @@ class Broadcaster:
         if routing_key.startswith("worker."):
             return
         if key == LOGS_KEY and key in self._probes:
+            if returned_id(message) != self._probe_id:
+                return  # a batch from before the probe, back late: the probe's own fate will tell
             self.unheard += self._held.let_go_unheard()
         self._probes.discard(key)
         self._unheard_until[key] = time.monotonic() + UNHEARD_INTERVAL
@@ -321,16 +325,17 @@ class Broadcaster:
                 self._probes.add(LOGS_KEY)
                 self._unheard_until[LOGS_KEY] = now + self.flush_interval + PROBE_GRACE
                 self._held.probe_sent()
-                self._publish(*LOGS_KEY, b"")
+                self._probe_id = f"probe-{self.pid}-{next(self._probe_numbers)}"
+                self._publish(*LOGS_KEY, b"", properties={"message_id": self._probe_id})
 
     def _publish_lines(self, exchange: str, routing_key: str, lines: list[bytes]) -> None:
         """One message per ``batch`` lines, in order."""
         for start in range(0, len(lines), self.batch):
             self._publish(exchange, routing_key, b"\n".join(lines[start:start + self.batch]))
 
-    def _publish(self, exchange: str, routing_key: str, body: bytes) -> None:
+    def _publish(self, exchange: str, routing_key: str, body: bytes, properties: dict[str, Any] | None = None) -> None:
         publish_unconfirmed(self._channel, body, exchange=exchange, routing_key=routing_key, content_type=NDJSON,
-                            mandatory=self._mandatory)
+                            properties=properties, mandatory=self._mandatory)
 
     def status(self) -> dict[str, Any]:
         """What a heartbeat tells ``taskq status`` about this child."""
@@ -366,6 +371,11 @@ class Broadcaster:
             if self.wants("task.failed"):
                 self._emit("task.failed", {**task_fields(message, queue_name), "runtime": runtime,
                                            "exc_type": exc_type, "exc_message": exc_message})
+
+
+def returned_id(message: Any) -> str | None:
+    """The ``message_id`` of a message py-amqp handed back with ``basic.return``."""
+    return (getattr(message, "properties", None) or {}).get("message_id")
 
 
 _active: Broadcaster | None = None
