@@ -13,8 +13,9 @@ reads it.
 * ``logs`` — a ``Subscription`` on the ``taskq.logs`` fanout: the log tail.
 * ``counts`` — every second, passive declares give each queue's ready and consumers; a
   ``.dead`` queue whose count changed is read through (dead.py's non-destructive read) for
-  the newest failures, their arguments and tracebacks. It also runs the page's actions (replay, purge), one at
-  a time, so a peek never hides a dead letter from a replay running beside it.
+  the newest failures, their arguments and tracebacks. It also runs the page's actions
+  (replay, purge), one at a time, so a peek never hides a dead letter from a replay
+  running beside it.
 
 Each loop reconnects by itself with a capped, jittered backoff (0.5 s doubling to 10 s,
 as workers do) and reports itself up or down; the page shows "broker: down" while any is.
@@ -62,7 +63,7 @@ class UserActionError(TaskqError):
 
 
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:
-    """The newest dead letters of ``queue_name``, newest first, with their args: left in place, as ``taskq dead list`` leaves them."""
+    """The newest dead letters of ``queue_name``, newest first, with their args; left in place, as ``taskq dead list`` leaves them."""
     try:
         _, messages = dead.newest(connection, queue_name, limit)
     except dead.NoSuchQueue:
