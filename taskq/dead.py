@@ -14,6 +14,7 @@ places (it may run twice), never in neither.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +130,16 @@ def peek(connection: Connection, queue_name: str, limit: int | None = None) -> t
     with _dead_channel(connection, queue_name) as (channel, count):
         wanted = count if limit is None else min(limit, count)
         return count, [DeadLetter.from_message(m, queue_name) for m in _take(channel, queue_name, wanted)]
+
+
+def newest(connection: Connection, queue_name: str, limit: int) -> tuple[int, list[Any]]:
+    """(total count, the last ``limit`` messages as received), leaving the queue exactly as it was.
+
+    AMQP reads a queue from its head only, so this reads every message (unacked) to keep the
+    last ones: its cost grows with the queue. The dashboard shows the newest failures.
+    """
+    with _dead_channel(connection, queue_name) as (channel, count):
+        return count, list(collections.deque(_take(channel, queue_name, count), maxlen=limit))
 
 
 def replay(broker: Broker, queue_name: str, task_id: str | None = None) -> list[DeadLetter]:

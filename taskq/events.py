@@ -18,14 +18,17 @@ decision, so a listener that sees a gap knows exactly how many lines it missed, 
 they were dropped here or in its own bounded queue on the broker.
 
 Nobody listening costs (almost) nothing: batches go out with the ``mandatory`` flag, so
-RabbitMQ returns one that no queue is bound for; the exchange and routing key it came
-back from then go unsent (not even encoded) for ``UNHEARD_INTERVAL`` seconds; then one
-record goes out as a probe, and if it isn't returned within ``PROBE_GRACE`` of its flush,
-records flow again. Encoding and publishing three events per task to nobody cost a
-no-op task about a fifth of its time. The price: a listener that starts while its events
-are unheard misses up to ``UNHEARD_INTERVAL`` of them. ``worker.*`` events are always
-sent (they are rare, and ``taskq status`` waits for a heartbeat). Brokers that don't
-return messages (the embedded one) always get everything.
+RabbitMQ returns one that no queue is bound for, and the exchange and routing key it came
+back from go unheard for ``UNHEARD_INTERVAL`` seconds; then an empty message goes out as
+a probe, and if it isn't returned within ``PROBE_GRACE`` of its flush, they flow again.
+Unheard lifecycle events are not even built (encoding and publishing three events per
+task to nobody cost a no-op task about a fifth of its time), so a listener that starts
+while they are unheard misses up to ``UNHEARD_INTERVAL`` of them. Unheard log lines are
+*held* instead (see ``HeldLines``): a returned probe proves nobody was bound when it
+went out, so only the lines logged before it are let go, and a ``taskq logs`` that binds
+gets every line logged after it bound. ``worker.*`` events are always sent (they are
+rare, and ``taskq status`` waits for a heartbeat). Brokers that don't return messages
+(the embedded one) always get everything.
 
 The child calls the module functions (``attach``, ``tick``, ``task_started`` ...) at clear
 points of its loop; each is a no-op in a process that never called ``install``, so the
@@ -41,6 +44,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -70,11 +74,54 @@ NDJSON = "application/x-ndjson"
 ENCODER = json.JSONEncoder(default=repr)
 
 
+LOGS_KEY = (topology.LOGS_EXCHANGE, "")
+
+
 def number_from_env(name: str, default: float, minimum: float) -> float:
     try:
         return max(minimum, float(os.environ.get(name, default)))
     except ValueError:
         return default
+
+
+@dataclass
+class HeldLines:
+    """Encoded log lines kept back while the logs fanout may have nobody bound.
+
+    Why hold rather than drop: a listener can bind at any moment of an unheard spell, and
+    it can only count the lines it missed by the gap between two it received. Lines are
+    let go only on proof that nobody wanted them: a returned probe shows no queue was
+    bound when it was routed, so no listener bound now was there for the lines logged
+    before it (``cut``). The rest wait for the next probe, or go out when one isn't
+    returned. Bounded: past ``capacity`` the newest line is dropped (counted); the lines
+    after it show the gap by their sequence numbers.
+    """
+
+    capacity: int
+    lines: collections.deque[bytes] = field(default_factory=collections.deque)
+    cut: int = 0  # lines logged before the probe that is out
+
+    def hold(self, lines: list[bytes]) -> int:
+        """Keep ``lines``; returns how many didn't fit."""
+        room = max(self.capacity - len(self.lines), 0)
+        self.lines.extend(lines[:room])
+        return max(len(lines) - room, 0)
+
+    def probe_sent(self) -> None:
+        self.cut = len(self.lines)
+
+    def let_go_unheard(self) -> int:
+        """Our probe came back: drop the lines logged before it; returns how many."""
+        unheard, self.cut = self.cut, 0
+        for _ in range(unheard):
+            self.lines.popleft()
+        return unheard
+
+    def release(self) -> list[bytes]:
+        """All held lines, to send now: somebody listens (or we are stopping)."""
+        lines, self.cut = list(self.lines), 0
+        self.lines.clear()
+        return lines
 
 
 class Broadcaster:
@@ -102,6 +149,9 @@ class Broadcaster:
         self.ppid = os.getppid()
         self.dropped = 0
         self.unheard = 0  # records not sent because nobody was listening for them
+        self._held = HeldLines(capacity)
+        self._probe_numbers = itertools.count(1)
+        self._probe_id = ""  # the message_id of the last log probe sent
         # (exchange, routing key) -> monotonic time until which its records are not sent
         self._unheard_until: dict[tuple[str, str], float] = {}
         self._probes: set[tuple[str, str]] = set()  # keys whose one probe record is out
@@ -126,11 +176,11 @@ class Broadcaster:
     def log_processor(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         """structlog processor: queue a copy of the record for the logs fanout; pass it on unchanged."""
         if self.broadcast:
-            seq = next(self._sequence)  # numbered even when not sent: listeners count gaps
-            if not self._unheard(topology.LOGS_EXCHANGE, ""):
-                record = {**event_dict, "host": self.host, "app": self.app_name, "seq": seq}
-                record.setdefault("pid", self.pid)
-                self._put(topology.LOGS_EXCHANGE, "", record)
+            # Numbered even when dropped: listeners count gaps. Always queued, even while
+            # unheard: ``flush`` holds it back (HeldLines).
+            record = {**event_dict, "host": self.host, "app": self.app_name, "seq": next(self._sequence)}
+            record.setdefault("pid", self.pid)
+            self._put(*LOGS_KEY, record)
         return event_dict
 
     def emit(self, kind: str, **fields: Any) -> None:
@@ -188,9 +238,15 @@ class Broadcaster:
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         """py-amqp's ``basic.return`` handler: no queue was bound for this batch."""
-        if not routing_key.startswith("worker."):
-            self._probes.discard((exchange, routing_key))
-            self._unheard_until[(exchange, routing_key)] = time.monotonic() + UNHEARD_INTERVAL
+        key = (exchange, routing_key)
+        if routing_key.startswith("worker."):
+            return
+        if key == LOGS_KEY and key in self._probes:
+            if returned_id(message) != self._probe_id:
+                return  # a batch from before the probe, back late: the probe's own fate will tell
+            self.unheard += self._held.let_go_unheard()
+        self._probes.discard(key)
+        self._unheard_until[key] = time.monotonic() + UNHEARD_INTERVAL
 
     # -- the thread holding the connection (the child's main thread, or its watchdog) -----
 
@@ -213,6 +269,7 @@ class Broadcaster:
         if self._channel is not None:
             self.emit("worker.offline", **self.status())
             self.flush()
+            self._publish_lines(*LOGS_KEY, self._held.release())  # to whoever may listen: we won't probe again
             self._channel = None
 
     def tick(self) -> None:
@@ -241,17 +298,44 @@ class Broadcaster:
                 exchange, routing_key, body = self._pending.popleft()
             except IndexError:
                 break
-            lines = batches.setdefault((exchange, routing_key), [])
-            lines.append(body)
-            if len(lines) >= self.batch:
-                self._publish(exchange, routing_key, batches.pop((exchange, routing_key)))
-        for (exchange, routing_key), lines in batches.items():
-            self._publish(exchange, routing_key, lines)
+            batches.setdefault((exchange, routing_key), []).append(body)
+        lines = batches.pop(LOGS_KEY, [])
+        if lines or self._held.lines:
+            self._flush_logs(lines)
+        for (exchange, routing_key), records in batches.items():
+            self._publish_lines(exchange, routing_key, records)
 
-    def _publish(self, exchange: str, routing_key: str, lines: list[bytes]) -> None:
-        body = b"\n".join(lines)
+    def _flush_logs(self, lines: list[bytes]) -> None:
+        """Send log lines, or hold them while unheard and probe when the spell is over.
+
+        The same spell as ``_nobody_listens``, but nothing is dropped: see ``HeldLines``.
+        """
+        until = self._unheard_until.get(LOGS_KEY)
+        now = time.monotonic()
+        if until is None:
+            self._publish_lines(*LOGS_KEY, self._held.release() + lines)
+        elif now >= until and LOGS_KEY in self._probes:  # the probe wasn't returned: somebody listens
+            self._probes.discard(LOGS_KEY)
+            del self._unheard_until[LOGS_KEY]
+            self._publish_lines(*LOGS_KEY, self._held.release() + lines)
+        else:
+            with self._drop_lock:
+                self.dropped += self._held.hold(lines)
+            if now >= until:  # the spell is over: ask again, with nothing anyone could miss
+                self._probes.add(LOGS_KEY)
+                self._unheard_until[LOGS_KEY] = now + self.flush_interval + PROBE_GRACE
+                self._held.probe_sent()
+                self._probe_id = f"probe-{self.pid}-{next(self._probe_numbers)}"
+                self._publish(*LOGS_KEY, b"", properties={"message_id": self._probe_id})
+
+    def _publish_lines(self, exchange: str, routing_key: str, lines: list[bytes]) -> None:
+        """One message per ``batch`` lines, in order."""
+        for start in range(0, len(lines), self.batch):
+            self._publish(exchange, routing_key, b"\n".join(lines[start:start + self.batch]))
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, properties: dict[str, Any] | None = None) -> None:
         publish_unconfirmed(self._channel, body, exchange=exchange, routing_key=routing_key, content_type=NDJSON,
-                            mandatory=self._mandatory)
+                            properties=properties, mandatory=self._mandatory)
 
     def status(self) -> dict[str, Any]:
         """What a heartbeat tells ``taskq status`` about this child."""
@@ -287,6 +371,11 @@ class Broadcaster:
             if self.wants("task.failed"):
                 self._emit("task.failed", {**task_fields(message, queue_name), "runtime": runtime,
                                            "exc_type": exc_type, "exc_message": exc_message})
+
+
+def returned_id(message: Any) -> str | None:
+    """The ``message_id`` of a message py-amqp handed back with ``basic.return``."""
+    return (getattr(message, "properties", None) or {}).get("message_id")
 
 
 _active: Broadcaster | None = None

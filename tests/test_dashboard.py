@@ -17,6 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import http.client
+import json
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -68,6 +72,8 @@ class Dashboard:
         try:
             with urllib.request.urlopen(self.url, timeout=2) as response:
                 return response.status == 200
+        except urllib.error.HTTPError:  # an answer all the same (401 without its token)
+            return True
         except OSError:
             return False
 
@@ -174,13 +180,11 @@ def visible_text(driver, selector: str) -> str:
 
 
 def post(base_url: str, path: str, body, *, form: bool = False) -> tuple[int, dict]:
-    """POST to the dashboard as a script would; (status, JSON answer)."""
-    import json
-    import urllib.error
-
+    """POST to the dashboard as a script would (no Origin, the marker header); (status, JSON answer)."""
     data = (body if form else json.dumps(body)).encode()
     content_type = "application/x-www-form-urlencoded" if form else "application/json"
-    request = urllib.request.Request(base_url + path, data=data, headers={"Content-Type": content_type}, method="POST")
+    headers = {"Content-Type": content_type, "X-Taskq-Dashboard": "1"}
+    request = urllib.request.Request(base_url + path, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
@@ -290,6 +294,117 @@ def test_a_port_in_use_is_a_user_error(dashboard_deps):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+def test_recent_failures_are_the_newest_dead_letters_with_their_args(dashboard_deps, app, queue_name, start_worker, broker_url, tmp_path):
+    from tests.apps import fail
+
+    start_worker([queue_name], 1)  # one child: dead-lettered in the order sent
+    count = 60  # more than the 50 the page shows
+    results = [fail.apply_async((f"failure {n}",), queue=queue_name) for n in range(count)]
+    for result in results:
+        with pytest.raises(TaskError):
+            result.get(timeout=60)
+    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", broker_url], tmp_path / "dashboard.log")
+    try:
+        def failures() -> list[dict]:
+            status, _, text = request(dashboard.url, path="/api/state")
+            assert status == 200
+            return json.loads(text)["failures"]
+
+        shown = wait_until(lambda: failures() or None, what="the failures in /api/state")
+        assert [f["task_id"] for f in shown] == [r.id for r in reversed(results)][:50]  # the newest 50, newest first
+        assert shown[0]["args"] == f"'failure {count - 1}'"
+        assert shown[0]["exc_message"] == f"failure {count - 1}"
+    finally:
+        dashboard.stop()
+
+
+# -- who may talk to it: its own page and the operator's scripts, not another site ----------------
+
+
+def request(url: str, method: str = "GET", path: str = "/", *, headers: dict | None = None, body=None):
+    """One raw HTTP request (any Host, Origin or none): (status, headers, text)."""
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        sent = {"Host": address.netloc, **({"Content-Type": "application/json"} if data else {}), **(headers or {})}
+        connection.request(method, path, body=data, headers=sent)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def test_the_dashboard_refuses_other_sites_and_rebound_names(dashboard_deps, app, amqp, queue_name, broker_url, tmp_path):
+    from tests.apps import add
+
+    dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", broker_url], tmp_path / "dashboard.log")
+    try:
+        own = dashboard.url.rstrip("/")  # http://127.0.0.1:PORT
+        port = urllib.parse.urlsplit(own).port
+        add.apply_async((1, 1), queue=queue_name)
+        purge = {"queue": queue_name, "confirm": queue_name}
+
+        # DNS rebinding: a page of evil.example resolved to 127.0.0.1 names itself in Host.
+        for path in ("/", "/api/state", "/events", "/static/dashboard.js"):
+            assert request(own, path=path, headers={"Host": f"evil.example:{port}"})[0] == 400, path
+        rebound = request(own, "POST", "/api/purge", body=purge, headers={"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"})
+        assert rebound[0] == 400
+        # Cross-site: another page posts to us, or something posts with no Origin and no marker.
+        status, _, text = request(own, "POST", "/api/purge", body=purge, headers={"Origin": "http://evil.example"})
+        assert status == 403 and "Origin http://evil.example is not this dashboard" in text
+        assert request(own, "POST", "/api/purge", body=purge, headers={"Origin": "null"})[0] == 403
+        assert request(own, "POST", "/api/purge", body=purge)[0] == 403
+        assert queue_state(amqp, queue_name)[0] == 1  # nothing refused was done
+
+        for name in ("127.0.0.1", "localhost"):
+            assert request(own, path="/", headers={"Host": f"{name}:{port}"})[0] == 200
+        status, _, text = request(own, "POST", "/api/purge", body=purge, headers={"Origin": own})  # the page's own
+        assert status == 200 and json.loads(text) == {"purged": 1}
+        add.apply_async((1, 1), queue=queue_name)
+        assert post(dashboard.url, "api/purge", purge) == (200, {"purged": 1})  # a script, with the marker
+    finally:
+        dashboard.stop()
+
+
+def test_beyond_localhost_the_dashboard_needs_a_token_and_the_page_gets_it_once(dashboard_deps, queue_name, broker_url, tmp_path):
+    refused = subprocess.run(
+        [sys.executable, "-m", "taskq", "dashboard", "-A", "tests.apps:app", "--broker", broker_url, "--host", "0.0.0.0", "--port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, env={k: v for k, v in os.environ.items() if k != "TASKQ_DASHBOARD_TOKEN"},
+    )
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "--host 0.0.0.0" in refused.stderr and "--token" in refused.stderr
+
+    token = "s3cret-" + os.urandom(8).hex()
+    os.environ["TASKQ_DASHBOARD_TOKEN"] = token  # the Dashboard helper passes its environment on
+    try:
+        dashboard = Dashboard(["-A", "tests.apps:app", "-Q", queue_name, "--broker", broker_url, "--host", "0.0.0.0"],
+                              tmp_path / "dashboard.log")
+    finally:
+        del os.environ["TASKQ_DASHBOARD_TOKEN"]
+    try:
+        port = urllib.parse.urlsplit(dashboard.url).port
+        own = f"http://127.0.0.1:{port}"
+        for path in ("/", "/api/state", "/events", "/?token=wrong"):
+            status, _, text = request(own, path=path)
+            assert status == 401 and "needs its token" in text, path
+        status, headers, _ = request(own, path="/?token=" + token)
+        assert status == 303 and headers["location"] == "/"
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        page_cookie = cookie.split(";", 1)[0]
+        assert request(own, path="/", headers={"Cookie": page_cookie})[0] == 200
+        assert request(own, path="/api/state", headers={"Authorization": f"Bearer {token}"})[0] == 200
+        body = {"queue": "not.shown", "confirm": "not.shown"}
+        # The token doesn't excuse another site: the cookie would go along with its POST.
+        assert request(own, "POST", "/api/purge", body=body, headers={"Cookie": page_cookie, "Origin": "http://evil.example"})[0] == 403
+        assert request(own, "POST", "/api/purge", body=body, headers={"Cookie": page_cookie, "Origin": own})[0] == 404
+        assert request(own, "POST", "/api/purge", body=body, headers={"Authorization": f"Bearer {token}"})[0] == 404
+        assert token not in dashboard.log()  # a secret, never printed
+    finally:
+        dashboard.stop()
+
+
 # -- the state behind the page, without a broker -----------------------------------------------------
 
 
@@ -332,3 +447,14 @@ def test_state_keeps_a_bounded_tail_of_short_log_lines():
     assert len(lines) == LOG_LINES_KEPT and lines[0]["index"] == 10 and lines[-1]["n"] == LOG_LINES_KEPT + 10
     assert len(lines[0]["blob"]) == LONGEST_VALUE + 1 and lines[0]["blob"].endswith("…")
     assert [line["index"] for line in state.logs_after(LOG_LINES_KEPT + 8)] == [LOG_LINES_KEPT + 8, LOG_LINES_KEPT + 9]
+
+
+def test_a_failure_shows_its_call_cut_short_and_survives_a_body_it_cant_decode():
+    from taskq.dashboard.feed import LONGEST_ARGS, call_arguments
+    from taskq.message import pack
+
+    assert call_arguments(pack({"args": [1, "x"], "kwargs": {"retries": 2}})) == "1, 'x', retries=2"
+    for hostile in (b"\xc1 not msgpack", "", pack([1, 2]), pack({"args": 5})):
+        assert call_arguments(hostile) == "(a body taskq can't decode)"
+    long = call_arguments(pack({"args": ["y" * 1000]}))
+    assert len(long) == LONGEST_ARGS + 1 and long.endswith("…")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,6 +27,24 @@ APP = "tests.event_apps:app"
 def summary(stderr: str) -> tuple[int, int]:
     received, missed = re.search(r"received (\d+) lines, missed (\d+)", stderr).groups()
     return int(received), int(missed)
+
+
+@contextlib.contextmanager
+def listening(broker, exchange, binding_keys: list[str], into: list[dict]) -> Iterator[None]:
+    """A ``Subscription`` in a thread, bound when entered, collecting every record into ``into``."""
+    stop, ready = threading.Event(), threading.Event()
+    subscription = Subscription(broker, exchange, binding_keys)
+    thread = threading.Thread(
+        target=subscription.run, args=(lambda message: into.extend(records(message)),),
+        kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
+    )
+    thread.start()
+    try:
+        assert ready.wait(10)
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_every_subscriber_gets_every_line_with_the_task_context(evapp, queue_name, start_worker, listeners, tmp_path):
@@ -158,15 +178,7 @@ def test_children_sharing_stderr_never_split_a_json_line(evapp, queue_name, star
 def test_lifecycle_events_follow_a_task_through_retry_and_dead_letter(evapp, queue_name, start_worker):
     start_worker([queue_name], 1, app=APP)
     seen: list[dict] = []
-    stop, ready = threading.Event(), threading.Event()
-    subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), ["task.#"])
-    listener = threading.Thread(
-        target=subscription.run, args=(lambda message: seen.extend(records(message)),),
-        kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
-    )
-    listener.start()
-    assert ready.wait(10)
-    try:
+    with listening(evapp.broker, topology.lifecycle_exchange(), ["task.#"], seen):
         succeeding = add.apply_async((2, 3), queue=queue_name)
         assert succeeding.get(timeout=20) == 5
         failing = fails_twice.apply_async(("twice",), queue=queue_name)
@@ -176,9 +188,6 @@ def test_lifecycle_events_follow_a_task_through_retry_and_dead_letter(evapp, que
                    what="the dead-letter event")
         wait_until(lambda: any(e["event"] == "task.succeeded" and e["task_id"] == succeeding.id for e in seen),
                    what="the success event")
-    finally:
-        stop.set()
-        listener.join(10)
 
     def kinds(task_id):  # batched per kind, so compare as multisets
         return Counter(e["event"] for e in seen if e.get("task_id") == task_id)
@@ -205,39 +214,54 @@ def test_unheard_events_are_not_sent_until_a_listener_binds(evapp, queue_name, s
     start_worker([queue_name], 1, app=APP)
     heartbeats: list[dict] = []
     tasks: list[dict] = []
-
-    def listen(patterns, into):
-        stop, ready = threading.Event(), threading.Event()
-        subscription = Subscription(evapp.broker, topology.lifecycle_exchange(), patterns)
-        thread = threading.Thread(
-            target=subscription.run, args=(lambda message: into.extend(records(message)),),
-            kwargs={"should_stop": stop.is_set, "on_ready": lambda queue: ready.set()}, daemon=True,
-        )
-        thread.start()
-        assert ready.wait(10)
-        return stop, thread
-
-    stops = [listen(["worker.heartbeat"], heartbeats)]
-    try:
+    with listening(evapp.broker, topology.lifecycle_exchange(), ["worker.heartbeat"], heartbeats):
         def unheard_counted() -> bool:
             assert add.apply_async((1, 1), queue=queue_name).get(timeout=10) == 2
             return any(beat.get("unheard", 0) > 0 for beat in heartbeats)
 
         wait_until(unheard_counted, timeout=30, what="a heartbeat counting unheard task events")
-        stops.append(listen(["task.succeeded"], tasks))
+        with listening(evapp.broker, topology.lifecycle_exchange(), ["task.succeeded"], tasks):
+            sent: set[str] = set()
 
-        sent: set[str] = set()
+            def heard_again() -> bool:
+                # Any task sent since the listener bound will do: an event is flushed up to
+                # 0.1 s after its task's result arrived.
+                result = add.apply_async((2, 2), queue=queue_name)
+                sent.add(result.id)
+                assert result.get(timeout=10) == 4
+                return any(event["task_id"] in sent for event in tasks)
 
-        def heard_again() -> bool:
-            # Any task sent since the listener bound will do: an event is flushed up to
-            # 0.1 s after its task's result arrived.
-            result = add.apply_async((2, 2), queue=queue_name)
-            sent.add(result.id)
-            assert result.get(timeout=10) == 4
-            return any(event["task_id"] in sent for event in tasks)
+            wait_until(heard_again, timeout=10, what="task.succeeded reaching the new listener")
 
-        wait_until(heard_again, timeout=10, what="task.succeeded reaching the new listener")
-    finally:
-        for stop, thread in stops:
-            stop.set()
-            thread.join(10)
+
+def test_a_listener_bound_while_lines_are_unheard_gets_every_line_logged_after(evapp, queue_name, start_worker, listeners):
+    """A worker whose log lines nobody heard holds them back rather than sending them to
+    nobody; a ``taskq logs`` that binds then gets every line logged from then on (events.md)."""
+    worker = start_worker([queue_name], 1, app=APP, extra_env=FAST_HEARTBEATS)
+    [child_pid] = worker.child_pids()
+    heartbeats: list[dict] = []
+    # Bound to every lifecycle event, so the task events are heard and a heartbeat's
+    # ``unheard`` can only count this child's log lines.
+    with listening(evapp.broker, topology.lifecycle_exchange(), ["#"], heartbeats):
+        def lines_unheard() -> bool:
+            assert chatty.apply_async((1, "unheard"), queue=queue_name).get(timeout=20) == 1
+            return any(beat.get("event") == "worker.heartbeat" and beat.get("pid") == child_pid
+                       and beat.get("unheard", 0) > 0 for beat in heartbeats)
+
+        # Another session's `taskq logs` on this broker would keep the lines heard: wait long.
+        wait_until(lines_unheard, timeout=120, what="a heartbeat counting this child's unheard log lines")
+        follower = listeners("logs", "-A", APP, "--json", name="follower")
+        tag, count = uuid.uuid4().hex, 40
+        results = [chatty.apply_async((1, tag), queue=queue_name) for _ in range(count)]
+        assert [result.get(timeout=30) for result in results] == [1] * count
+
+        def ours() -> list[dict]:
+            return [line for line in follower.json_lines() if line.get("tag") == tag]
+
+        try:
+            wait_until(lambda: len(ours()) == count, timeout=30, what=f"all {count} lines at the new listener")
+        finally:
+            received, missed = len(ours()), summary(follower.stop())[1]
+            reported = sum(int(n) for n in re.findall(rf"missed (\d+) lines from \S+ pid {child_pid}\b", follower.stderr()))
+            print(f"received {received} of {count} lines; missed {missed} in all, {reported} from the child")
+        assert reported == 0

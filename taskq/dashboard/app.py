@@ -27,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from taskq.dashboard import guard
 from taskq.dashboard.feed import Action, Feed, UserActionError
 from taskq.dashboard.state import LOG_LINES_KEPT, DashboardState
 from taskq.errors import TaskqError
@@ -134,8 +135,12 @@ class Hub:
             self.loop.call_soon_threadsafe(self.close)
 
 
-def create_app(app: App, queue_names: list[str]) -> Starlette:
-    """The ASGI app for ``app``'s ``queue_names``; the feed threads run while it is served."""
+def create_app(app: App, queue_names: list[str], *, allowed_hosts: list[str], token: str | None = None) -> Starlette:
+    """The ASGI app for ``app``'s ``queue_names``; the feed threads run while it is served.
+
+    ``allowed_hosts``: the Host names requests may use (guard.py); ``token``: required of
+    every request when given.
+    """
     feed = Feed(app, queue_names)
     hub = Hub(feed.state)
     feed.state.notify = hub.notify_threadsafe
@@ -180,7 +185,7 @@ def create_app(app: App, queue_names: list[str]) -> Starlette:
         return JSONResponse(feed.state.snapshot())
 
     async def act(request: Request, kind: str) -> Response:
-        # Only JSON bodies: a cross-site form can't send one without a CORS preflight we never answer.
+        # Only JSON bodies (guard.py has already refused another site's requests).
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return JSONResponse({"error": "send application/json"}, status_code=415)
         try:
@@ -214,14 +219,15 @@ def create_app(app: App, queue_names: list[str]) -> Starlette:
         Route("/api/purge", purge, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    web = Starlette(routes=routes, lifespan=lifespan)
+    web = Starlette(routes=routes, lifespan=lifespan, middleware=guard.middleware(allowed_hosts=allowed_hosts, token=token))
     web.state.hub = hub
     return web
 
 
-def serve(app: App, queue_names: list[str], sock: socket.socket) -> None:
+def serve(app: App, queue_names: list[str], sock: socket.socket, *, allowed_hosts: list[str],
+          token: str | None = None) -> None:
     """Serve the dashboard on ``sock`` until SIGINT or SIGTERM."""
-    web = create_app(app, queue_names)
+    web = create_app(app, queue_names, allowed_hosts=allowed_hosts, token=token)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

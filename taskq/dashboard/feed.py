@@ -12,9 +12,10 @@ reads it.
   that bounded queue and push heartbeats out (the reason status binds ``worker.*`` only).
 * ``logs`` — a ``Subscription`` on the ``taskq.logs`` fanout: the log tail.
 * ``counts`` — every second, passive declares give each queue's ready and consumers; a
-  ``.dead`` queue whose count changed is peeked (dead.py's non-destructive read) for the
-  failures and their tracebacks. It also runs the page's actions (replay, purge), one at
-  a time, so a peek never hides a dead letter from a replay running beside it.
+  ``.dead`` queue whose count changed is read through (dead.py's non-destructive read) for
+  the newest failures, their arguments and tracebacks. It also runs the page's actions
+  (replay, purge), one at a time, so a peek never hides a dead letter from a replay
+  running beside it.
 
 Each loop reconnects by itself with a capped, jittered backoff (0.5 s doubling to 10 s,
 as workers do) and reports itself up or down; the page shows "broker: down" while any is.
@@ -25,16 +26,18 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from taskq import dead, topology
 from taskq.broker import queue_counts
-from taskq.dashboard.state import CONNECTING, DashboardState, Failure
+from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Failure
 from taskq.errors import TaskqError
+from taskq.message import unpack
 from taskq.status import QueueStats, with_dead_letter_queues
 from taskq.subscriber import Subscription, reconnect_delay, records
 
@@ -46,7 +49,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskq.dashboard")
 
 REFRESH_INTERVAL = 1.0  # seconds between queue counts
-DEAD_LETTERS_SHOWN = 50  # per queue: the page is for a look, `taskq dead list` for the full list
+DEAD_LETTERS_SHOWN = 50  # per queue, the newest: the page is for a look, `taskq dead list` for the full list
+LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
+# Finding the newest dead letters reads the whole .dead queue: after a read that took d
+# seconds, that queue isn't read again for SCAN_PAUSE * d, so a huge one can't keep the
+# counts thread (and the page's actions) busy.
+SCAN_PAUSE = 9
 SUBSCRIPTION_LENGTH = 10_000  # messages the broker holds for a loop that falls behind; then drops the oldest
 
 
@@ -55,15 +63,29 @@ class UserActionError(TaskqError):
 
 
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:
-    """The first dead letters of ``queue_name``, read the way ``taskq dead list`` reads them: left in place."""
+    """The newest dead letters of ``queue_name``, newest first, with their args; left in place, as ``taskq dead list`` leaves them."""
     try:
-        _, letters = dead.peek(connection, queue_name, limit)
+        _, messages = dead.newest(connection, queue_name, limit)
     except dead.NoSuchQueue:
         return []
-    return [
-        Failure(queue=queue_name, **{k: v for k, v in asdict(letter).items() if k != "original_queue"})
-        for letter in letters
-    ]
+    return [failure_from_message(message, queue_name) for message in reversed(messages)]
+
+
+def failure_from_message(message: Any, queue_name: str) -> Failure:
+    letter = dead.DeadLetter.from_message(message, queue_name)
+    known = {name: getattr(letter, name) for name in FAILURE_FIELDS if hasattr(letter, name)}
+    return Failure(**{**known, "queue": queue_name, "args": call_arguments(message.body)})
+
+
+def call_arguments(body: Any) -> str:
+    """The task's arguments as the call that failed, ``1, 'x', retries=2``, cut short; a body that isn't ours says so."""
+    try:
+        payload = unpack(body)
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        text = ", ".join([*(repr(value) for value in args), *(f"{key}={value!r}" for key, value in kwargs.items())])
+    except Exception:  # the reason it was dead-lettered may be this very body
+        return "(a body taskq can't decode)"
+    return text if len(text) <= LONGEST_ARGS else text[:LONGEST_ARGS] + "…"
 
 
 @dataclass
@@ -89,6 +111,7 @@ class Feed:
         self.stopping = threading.Event()
         self.actions: queue.Queue[Action] = queue.Queue()
         self.refresh_now = threading.Event()
+        self.scan_after: dict[str, float] = {}  # queue -> when its .dead may be read again (SCAN_PAUSE)
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -198,9 +221,11 @@ class Feed:
         dead_counts = {s.name: s.ready for s in stats}
         for name in self.state.queue_names:
             count = dead_counts.get(topology.dead_letter_queue_name(name))
-            if name not in dead_seen or dead_seen[name] != count:
+            if (name not in dead_seen or dead_seen[name] != count) and time.monotonic() >= self.scan_after.get(name, 0.0):
                 dead_seen[name] = count
+                started = time.monotonic()
                 self.state.set_failures(name, peek_failures(connection, name) if count else [])
+                self.scan_after[name] = time.monotonic() + SCAN_PAUSE * (time.monotonic() - started)
 
     def _run(self, connection: Connection, action: Action) -> None:
         if not action.future.set_running_or_notify_cancel():

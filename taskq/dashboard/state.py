@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from taskq import topology
@@ -28,7 +28,7 @@ CONNECTING = "connecting"
 
 @dataclass(frozen=True)
 class Failure:
-    """A dead letter as the page shows it: dead.py's view plus the traceback the worker recorded."""
+    """A dead letter as the page shows it: dead.py's view, the traceback the worker recorded, the call's arguments."""
 
     queue: str
     task_id: str
@@ -39,7 +39,10 @@ class Failure:
     exc_message: str
     attempts: int | None
     traceback: str
+    args: str  # the call's arguments, short: ``1, 'x', retries=2``
 
+
+FAILURE_FIELDS = tuple(field.name for field in fields(Failure))
 
 class Throughput:
     """Tasks finished per ``BUCKET_SECONDS`` over the last ``BUCKETS`` buckets, by server receipt time."""
@@ -112,6 +115,7 @@ class DashboardState:
         self.notify()
 
     def set_failures(self, queue_name: str, failures: list[Failure]) -> None:
+        """A queue's newest dead letters, newest first."""
         with self._lock:
             self._failures[queue_name] = failures
         self.notify()
@@ -183,7 +187,7 @@ class DashboardState:
                     "dead": dead_stats.ready if dead_stats and dead_stats.exists else None,
                 })
             workers = sorted((asdict(w) for w, _ in self._workers.values()), key=lambda w: (w["host"], w["ppid"], w["pid"]))
-            failures = [asdict(f) for name in self.queue_names for f in reversed(self._failures.get(name, []))]
+            failures = [asdict(f) for name in self.queue_names for f in self._failures.get(name, [])]  # newest first
             throughput = self._throughput.series(now)
         return {
             "app": self.app_name,

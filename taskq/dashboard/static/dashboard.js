@@ -34,7 +34,8 @@ function say(text, ok) {
 
 async function act(path, body) {
   try {
-    const response = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const response = await fetch(path, { method: "POST", // the marker: a cross-site page can't send it (guard.py)
+      headers: { "Content-Type": "application/json", "X-Taskq-Dashboard": "1" }, body: JSON.stringify(body) });
     const answer = await response.json();
     if (!response.ok) { say(answer.error || response.statusText, false); return; }
     if ("replayed" in answer) say(`replayed ${answer.replayed} dead letter(s) to ${body.queue}`, true);
@@ -133,7 +134,7 @@ function renderFailures(failures) {
   if (key === lastFailures) return; // leave the buttons alone unless something changed
   lastFailures = key;
   const items = failures.map((f) => el("div", { class: "failure", "data-task-id": f.task_id, "data-queue": f.queue },
-    el("div", {}, el("strong", {}, f.task), " ", el("span", { class: "muted" }, `[${f.task_id}] in ${f.queue}, ${f.reason}`
+    el("div", {}, el("strong", {}, f.task), el("span", { class: "args" }, `(${f.args})`), " ", el("span", { class: "muted" }, `[${f.task_id}] in ${f.queue}, ${f.reason}`
       + (f.attempts !== null ? `, ${f.attempts} attempt(s)` : "")), " ",
       el("button", { class: "replay-one", onclick: () => act("/api/replay", { queue: f.queue, task_id: f.task_id }) }, "Replay")),
     el("div", { class: "exc" }, f.exc_type ? `${f.exc_type}: ${f.exc_message}` : f.detail),
