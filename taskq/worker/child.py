@@ -123,13 +123,16 @@ class ChildWorker(Settling):
 
     def _serve(self, connection: Connection) -> None:
         consume_channel = connection.channel()
-        # Prefetch 1 per channel (global) *and* per consumer, before consuming starts:
+        # Prefetch 1 per consumer, then per channel (global), before consuming starts:
         # RabbitMQ then never hands this child a second message while one is unacked,
         # whichever of its queues it comes from, and list_consumers shows prefetch 1.
-        # (Dropping the global limit for a single queue made no measurable difference.)
+        # In that order: a per-consumer basic.qos resets RabbitMQ's channel limit to 0
+        # (unlimited). Quorum queues refuse a channel limit (NOT_IMPLEMENTED on consume),
+        # so there it is one per queue; the embedded broker has only the channel's limit.
         # (Positional arguments: py-amqp and kombu's virtual transports name the flag differently.)
-        consume_channel.basic_qos(0, 1, True)
         consume_channel.basic_qos(0, 1, False)
+        if self.app.queue_type == "classic":
+            consume_channel.basic_qos(0, 1, True)
         publish_channel = connection.channel()
         self._reply_channel = connection.channel()
         # Retries and re-delays go through the cascade: declare it now (and mark it declared
