@@ -29,6 +29,7 @@ from taskq.broker import publish_on
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
+from taskq.worker.parent_death import die_with_parent
 from taskq.worker.settle import Settling, dead_letter_reply
 from taskq.worker.watchdog import Watch, Watchdog
 
@@ -341,8 +342,9 @@ def keep_connection_alive(connection: Connection) -> None:
     events.tick()
 
 
-def child_main(app: App, queue_names: list[str]) -> None:
+def child_main(app: App, queue_names: list[str], supervisor_pid: int) -> None:
     """Entry point of a forked child process."""
+    die_with_parent(supervisor_pid)  # first: before it holds a message, not after
     app.forget_connections_after_fork()
     events.install(app, queue_names)
     worker = ChildWorker(app, queue_names, owns_process=True)
