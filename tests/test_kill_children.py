@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -59,6 +60,12 @@ def gone(pid: int) -> bool:
         return True
 
 
+def kill_unless_gone(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.broker
 @pytest.mark.both_brokers
 def test_children_die_with_a_sigkilled_supervisor_and_the_running_task_goes_back(
@@ -77,8 +84,7 @@ def test_children_die_with_a_sigkilled_supervisor_and_the_running_task_goes_back
         wait_until(lambda: all(gone(pid) for pid in children), timeout=60, what="the children to exit")
     finally:  # on the old code they live on, consuming: don't leave them behind
         for pid in children:
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
+            kill_unless_gone(pid)
     # Nothing lost: the task that was running is back in its queue, ready for another worker.
     wait_until(lambda: ready_and_unacked(broker_url, queue_name) == (1, 0), timeout=60,
                what="the running task back in its queue")
@@ -111,8 +117,7 @@ def test_a_child_ends_when_its_parent_is_sigkilled(how):
     try:
         wait_until(lambda: gone(child), timeout=30, what="the orphan to exit")
     finally:
-        if not gone(child):
-            os.kill(child, signal.SIGKILL)
+        kill_unless_gone(child)
 
 
 def test_a_child_whose_parent_died_before_it_asked_exits_at_once():
