@@ -15,7 +15,7 @@ from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.results import AsyncResult, ReplyListener
 from taskq.retry import RetryRules
-from taskq.task import Task, TaskOptions
+from taskq.task import Task, TaskOptions, refuse_unrunnable
 
 
 class App:
@@ -207,6 +207,7 @@ class App:
                 )
             except ValueError as exc:
                 raise ConfigurationError(f"task {name or fn.__qualname__}: {exc}") from None
+            refuse_unrunnable(fn, f"task {options.name!r}")
             if options.name in self.tasks:
                 raise ConfigurationError(f"two tasks are named {options.name!r}")
             task = Task(self, fn, options)
@@ -338,6 +339,7 @@ class App:
         """
 
         def register(function: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+            refuse_unrunnable(function, f"event handler {default_task_name(function)!r}")
             group_name = group or self.name
             queue = self.routing.add_handler(pattern, group_name, function)
             if queue not in self.tasks:

@@ -12,6 +12,10 @@ class ConfigurationError(TaskqError):
     """The app, a task or the command line was set up wrongly (bad -A path, bad option)."""
 
 
+class UnsupportedTask(ConfigurationError):
+    """A function taskq can't run as a task (yet): ``async def``, or a generator, whose body a call never runs."""
+
+
 class PublishError(TaskqError):
     """The broker did not confirm a publish, even after the bounded retry."""
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from taskq import delay
+from taskq.errors import UnsupportedTask
 from taskq.message import TaskMessage
 from taskq.retry import RetryRules
 
@@ -38,6 +40,25 @@ class TaskOptions:
                 raise ValueError(f"{name} must be a positive number of seconds")
         if self.time_limit and self.soft_time_limit and self.soft_time_limit >= self.time_limit:
             raise ValueError("soft_time_limit must be shorter than time_limit, or it never fires")
+
+
+def refuse_unrunnable(function: Callable[..., Any], label: str) -> None:
+    """Raise UnsupportedTask for a function whose call returns a coroutine or a generator.
+
+    The worker would call it, run none of its body, and find a result msgpack can't
+    carry: every call dead-lettered, or, with ``ignore_result``, acked as a success
+    although nothing ran. Refused at decoration, it fails once, at import, with the way out.
+    A generator is no stream of results either: there is one reply per task.
+    """
+    if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
+        kind = "an async generator function" if inspect.isasyncgenfunction(function) else "a generator function"
+        raise UnsupportedTask(
+            f"{label}: {kind} can't be a task: calling it runs none of its body; return a list from a plain def instead"
+        )
+    if inspect.iscoroutinefunction(function):
+        raise UnsupportedTask(
+            f"{label}: async tasks are not supported yet; make it a plain def that calls asyncio.run(...) on the coroutine"
+        )
 
 
 class Task:

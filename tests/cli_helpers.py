@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -71,13 +73,45 @@ def complete_lines(text: str) -> list[str]:
     return text.split("\n")[:-1]
 
 
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl -q ARGS`` against the test broker's node; its stdout.
+
+    The one place that names the node, so the suite can be pointed at a node of its own.
+    """
+    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def rabbitmqctl_rows(command: str, *columns: str) -> list[dict]:
+    """The rows of a ``rabbitmqctl list_*`` command, one dict per row, keyed by column."""
+    return json.loads(rabbitmqctl(command, *columns, "--formatter", "json"))
+
+
 def rabbitmqctl_queues() -> dict[str, tuple[int, int, int]]:
     """{queue: (ready, unacked, consumers)} straight from ``rabbitmqctl list_queues``."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "--formatter", "json"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout
-    return {row["name"]: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for row in json.loads(out)}
+    rows = rabbitmqctl_rows("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers")
+    return {row["name"]: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for row in rows}
+
+
+def ready_and_unacked(broker_url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, messages unacked) of a queue, from the broker itself, on either broker.
+
+    AMQP can't count unacked messages: on RabbitMQ ``rabbitmqctl`` does; the embedded
+    broker's are the reserved rows of its database, once dead holders' rows are handed back.
+    """
+    if broker_url.startswith("amqp://"):
+        ready, unacked, _ = rabbitmqctl_queues()[queue]
+        return ready, unacked
+    from taskq.embedded.store import BrokerStore
+    from taskq.embedded.transport import database_path
+
+    store = BrokerStore(database_path(broker_url.removeprefix("taskq+")))
+    try:
+        store.reap_dead_owners()
+        with closing(sqlite3.connect(store.path)) as db:
+            (unacked,), = db.execute("SELECT count(*) FROM messages WHERE queue = ? AND owner_pid IS NOT NULL", (queue,))
+        return store.ready_count(queue), unacked
+    finally:
+        store.close()
 
 
 FAST_HEARTBEATS = {"TASKQ_HEARTBEAT_INTERVAL": "0.3"}

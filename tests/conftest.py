@@ -93,6 +93,16 @@ def queue_state(connection: Connection, name: str) -> tuple[int, int]:
 @pytest.fixture
 def queue_name(broker_url: str):
     """A fresh queue name for one test; the queue and its dead-letter queue are deleted after."""
+    yield from _fresh_queue(broker_url)
+
+
+@pytest.fixture
+def other_queue_name(broker_url: str):
+    """A second fresh queue name, for a test whose worker consumes two queues."""
+    yield from _fresh_queue(broker_url)
+
+
+def _fresh_queue(broker_url: str):
     name = f"test.{uuid.uuid4().hex[:12]}"
     yield name
     with Connection(broker_url) as connection:

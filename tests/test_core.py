@@ -14,6 +14,7 @@ import pytest
 from taskq import App, EncodeError, PublishError, TaskError, TaskqError
 from taskq.broker import RetryPolicy
 from tests.apps import add, echo, fail, record, record_quietly, unserializable_result
+from tests.cli_helpers import rabbitmqctl_rows
 from tests.conftest import ROOT, queue_state, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
@@ -179,14 +180,20 @@ def test_publish_to_an_unreachable_broker_raises_publish_error_after_bounded_ret
 
 
 @pytest.mark.rabbitmq_only(reason="asks rabbitmqctl what the broker sees")
-def test_broker_sees_prefetch_one_and_manual_acks(app, queue_name, start_worker):
-    start_worker([queue_name], concurrency=2)
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "ack_required", "prefetch_count"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rows = [line.split("\t") for line in out.splitlines() if line.startswith(queue_name + "\t")]
-    assert rows == [[queue_name, "true", "1"]] * 2
+def test_broker_sees_prefetch_one_per_child_and_manual_acks(app, queue_name, other_queue_name, start_worker):
+    start_worker([queue_name, other_queue_name], concurrency=2)
+    ours = (queue_name, other_queue_name)
+    consumers = [row for row in rabbitmqctl_rows("list_consumers", "queue_name", "channel_pid", "ack_required",
+                                                 "prefetch_count") if row["queue_name"] in ours]
+    assert sorted((row["queue_name"], row["ack_required"], row["prefetch_count"]) for row in consumers) == sorted(
+        [(name, True, 1) for name in ours] * 2
+    )
+    # Per consumer AND per channel: the channel's limit is what stops a child holding one
+    # message of each queue (a later per-consumer basic.qos would reset it to 0).
+    child_channels = {row["channel_pid"] for row in consumers}
+    channels = [row for row in rabbitmqctl_rows("list_channels", "pid", "prefetch_count", "global_prefetch_count")
+                if row["pid"] in child_channels]
+    assert [(row["prefetch_count"], row["global_prefetch_count"]) for row in channels] == [(1, 1)] * 2
 
 
 def test_worker_with_unknown_app_prints_one_line_and_exits_2():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.apps import record, record_quietly
+from tests.cli_helpers import ready_and_unacked
 from tests.conftest import queue_state, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
@@ -57,6 +58,23 @@ def test_fair_dispatch_a_busy_child_does_not_hold_back_short_tasks(app, queue_na
     # task ran on the other child and finished while the long one was still running.
     assert all(row[2] != long_pid for row in short_rows)
     assert all(float(row[3]) < long_done for row in short_rows)
+
+
+def test_a_child_consuming_two_queues_holds_one_message_across_them(
+    app, queue_name, other_queue_name, start_worker, tmp_path, broker_url
+):
+    start_worker([queue_name, other_queue_name], concurrency=1)
+    log = tmp_path / "runs"
+    record.apply_async((str(log), "slow", 120.0), queue=queue_name)  # outlives the test: killed at teardown
+    wait_until(lambda: lines(log, "start"), timeout=60, what="the slow task to start")
+    waiting = record.apply_async((str(log), "waiting", 0.0), queue=other_queue_name)
+    # The busy child's one unacked message is the slow task: the broker keeps the other
+    # one READY, for any idle child, instead of parking it behind the slow one.
+    assert ready_and_unacked(broker_url, queue_name) == (0, 1)
+    assert ready_and_unacked(broker_url, other_queue_name) == (1, 0)
+    idle = start_worker([other_queue_name], concurrency=1)
+    assert waiting.get(timeout=60) in idle.child_pids()
+    assert [row[1] for row in lines(log, "done")] == ["waiting"]
 
 
 def test_graceful_stop_finishes_and_acks_the_task_in_flight(app, queue_name, start_worker, tmp_path, amqp):

@@ -29,6 +29,7 @@ from taskq.broker import publish_on
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
+from taskq.worker.parent_death import die_with_parent
 from taskq.worker.settle import Settling, dead_letter_reply
 from taskq.worker.watchdog import Watch, Watchdog
 
@@ -123,13 +124,17 @@ class ChildWorker(Settling):
 
     def _serve(self, connection: Connection) -> None:
         consume_channel = connection.channel()
-        # Prefetch 1 per channel (global) *and* per consumer, before consuming starts:
+        # Prefetch 1 per consumer, then per channel (global), before consuming starts:
         # RabbitMQ then never hands this child a second message while one is unacked,
         # whichever of its queues it comes from, and list_consumers shows prefetch 1.
-        # (Dropping the global limit for a single queue made no measurable difference.)
+        # In that order: a per-consumer basic.qos resets RabbitMQ's channel limit to 0
+        # (unlimited). Quorum queues refuse a channel limit (NOT_IMPLEMENTED on consume),
+        # so there it is one per queue; the embedded broker has only the channel's limit.
+        # (Set for one queue too: dropping it there made no measurable difference.)
         # (Positional arguments: py-amqp and kombu's virtual transports name the flag differently.)
-        consume_channel.basic_qos(0, 1, True)
         consume_channel.basic_qos(0, 1, False)
+        if self.app.queue_type == "classic":
+            consume_channel.basic_qos(0, 1, True)
         publish_channel = connection.channel()
         self._reply_channel = connection.channel()
         # Retries and re-delays go through the cascade: declare it now (and mark it declared
@@ -338,8 +343,9 @@ def keep_connection_alive(connection: Connection) -> None:
     events.tick()
 
 
-def child_main(app: App, queue_names: list[str]) -> None:
+def child_main(app: App, queue_names: list[str], supervisor_pid: int) -> None:
     """Entry point of a forked child process."""
+    die_with_parent(supervisor_pid)  # first: before it holds a message, not after
     app.forget_connections_after_fork()
     events.install(app, queue_names)
     worker = ChildWorker(app, queue_names, owns_process=True)

@@ -88,8 +88,10 @@ class Supervisor:
                 self._signal_child(child, signal.SIGTERM)
 
     def _start_child(self) -> None:
+        # Always from the main thread: a child dies with the thread that forked it
+        # (PR_SET_PDEATHSIG, parent_death.py), which must live as long as the supervisor.
         process = self._context.Process(
-            target=child_main, args=(self.app, self.options.queues), name="taskq-child", daemon=False
+            target=child_main, args=(self.app, self.options.queues, os.getpid()), name="taskq-child", daemon=False
         )
         # Fork with SIGTERM/SIGINT blocked: a signal arriving before the child installed
         # its own handlers would otherwise run the supervisor's handler in the child.
