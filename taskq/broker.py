@@ -21,10 +21,12 @@ from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
 from taskq import embedded
-from taskq.errors import PublishError, Unroutable
+from taskq.errors import FrameTooLarge, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
+FRAME_OVERHEAD = 8  # bytes of an AMQP frame around its payload: type, channel, size, end octet
+CONTENT_HEADER_FIELDS = 12  # bytes of a content header before its properties: class, weight, body size
 PERSISTENT = 2
 TRANSIENT = 1
 
@@ -280,12 +282,15 @@ def publish_on(
     channel: Any = None,
     content_type: str = CONTENT_TYPE,
     content_encoding: str = CONTENT_ENCODING,
+    check_frame_size: bool = False,
     **properties: Any,
 ) -> None:
     """Publish one message (msgpack unless told otherwise) on a connection the caller owns.
 
     No retry and no pool: the caller decides what a failure means. With
     ``confirm_publish`` on the connection, py-amqp waits for the broker's ack here.
+    ``check_frame_size``: for copies of received messages, whose headers came off the
+    wire (see ``ensure_fits_one_frame``); off for the rest, which is the hot path.
     """
     # kombu caches declarations per connection, but binds each entity to the channel before
     # it looks: a third of a small publish's time. Look first.
@@ -302,10 +307,29 @@ def publish_on(
         body, priority, content_type, content_encoding, headers or {},
         {"delivery_mode": PERSISTENT if persistent else TRANSIENT, **properties},
     )
+    if check_frame_size:
+        ensure_fits_one_frame(connection, message)
     channel.basic_publish(
         message, exchange=exchange, routing_key=routing_key, mandatory=mandatory,
         **({"confirm_timeout": confirm_timeout} if confirm_timeout else {}),
     )
+
+
+def ensure_fits_one_frame(connection: Connection, message: Any) -> None:
+    """Raise FrameTooLarge if the message's properties (its headers among them) exceed one frame.
+
+    py-amqp writes them as one frame whatever their size, and past the negotiated
+    ``frame_max`` the broker closes the whole connection (FRAME_ERROR). A worker copying a
+    received message's headers, plus its own, would reconnect, receive the message again
+    and loop; refused here, the connection stays up and the caller can do otherwise.
+    """
+    serialize = getattr(message, "_serialize_properties", None)
+    if serialize is None:  # kombu's virtual transports have no frames
+        return
+    limit = connection.connection.frame_max - FRAME_OVERHEAD
+    size = CONTENT_HEADER_FIELDS + len(serialize())
+    if size > limit:
+        raise FrameTooLarge(f"the message's headers and properties take {size} bytes, more than one frame ({limit})")
 
 
 def publish_unconfirmed(

@@ -18,9 +18,15 @@ MAX_TRACEBACK = 8000  # characters; AMQP headers must fit one frame (128 KiB by 
 MAX_MESSAGE = 2000
 
 
-def own_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
-    """The message's headers without the ones the broker added."""
-    return {k: v for k, v in (headers or {}).items() if not k.startswith(BROKER_HEADER_PREFIXES)}
+def own_headers(headers: Any) -> dict[str, Any]:
+    """The message's headers without the ones the broker added.
+
+    Headers that are not a table have nothing to copy (the dead letter's ``detail`` says what
+    they were). py-amqp hands over a key that is not UTF-8 as bytes: it is kept as it came.
+    """
+    if not isinstance(headers, dict):
+        return {}
+    return {k: v for k, v in headers.items() if not (isinstance(k, str) and k.startswith(BROKER_HEADER_PREFIXES))}
 
 
 def carried_properties(properties: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,9 @@ def delay_ms(eta: float | None, now: float | None = None) -> int:
     remaining = eta - (now if now is not None else time.time())
     if remaining <= 0:
         return 0
-    return min(MAX_DELAY_MS, math.ceil(remaining * 1000))
+    if remaining * 1000 >= MAX_DELAY_MS:  # also an eta of 1e308, whose ms are inf: ceil would raise
+        return MAX_DELAY_MS
+    return math.ceil(remaining * 1000)
 
 
 def routing_key(milliseconds: int, queue_name: str) -> str:

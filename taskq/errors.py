@@ -24,6 +24,10 @@ class Unroutable(PublishError):
     """A mandatory message matched no binding on its exchange: the broker returned it, nothing was queued."""
 
 
+class FrameTooLarge(PublishError):
+    """A message's headers would not fit in one AMQP frame; sent, the broker would close the connection."""
+
+
 class EncodeError(TaskqError, TypeError):
     """Task arguments or a result cannot be carried as msgpack."""
 

@@ -8,6 +8,7 @@ attempt) travel in headers.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,11 @@ from taskq.errors import EncodeError
 
 CONTENT_TYPE = "application/x-msgpack"
 CONTENT_ENCODING = "binary"
+# attempts + 1 (the retry's copy) must still fit the signed 32-bit integer any AMQP client
+# reads; a larger count comes from no retry policy, only from a hostile or broken producer.
+MAX_ATTEMPTS = 2**31 - 2
+# The id is also the reply's correlation_id, an AMQP short string: at most 255 UTF-8 bytes.
+MAX_ID_BYTES = 255
 
 
 class InvalidMessage(Exception):
@@ -35,6 +41,18 @@ def pack(value: Any) -> bytes:
         return msgpack.packb(value, use_bin_type=True, datetime=False)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
+
+
+def message_body(body: Any) -> bytes:
+    """A received body as bytes: py-amqp (and kombu's virtual transports) hand over an
+    empty body as the str ``''``, which can't be published again with the ``binary`` encoding."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    if body is None:
+        return b""
+    raise TypeError(f"a message body must be bytes or str, not {type(body).__name__}")
 
 
 def unpack(data: bytes) -> Any:
@@ -71,16 +89,26 @@ class TaskMessage:
 
 
 def decode_task(
-    body: bytes, content_type: str | None, headers: dict | None, properties: dict | None
+    body: bytes, content_type: str | None, headers: Any, properties: dict | None
 ) -> TaskMessage:
-    """Check and decode a received task message; raise InvalidMessage with a reason code."""
-    headers = headers or {}
+    """Check and decode a received task message; raise InvalidMessage with a reason code.
+
+    Everything off the wire is hostile until checked: a header of the wrong type or out of
+    range is refused here (``invalid-header``) rather than run with a guessed value, or
+    carried into a retry copy the broker or py-amqp then can't encode.
+    """
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise InvalidMessage("invalid-header", f"the headers are a {type(headers).__name__}, not a table")
     properties = properties or {}
     if content_type != CONTENT_TYPE:
         raise InvalidMessage("wrong-content-type", f"expected {CONTENT_TYPE}, got {content_type!r}")
     name = headers.get("task")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise InvalidMessage("missing-task-name", "no 'task' header")
+    if not isinstance(name, str):
+        raise InvalidMessage("invalid-header", f"'task' must be a string, not {type(name).__name__}")
     try:
         payload = unpack(body)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -91,22 +119,65 @@ def decode_task(
     kwargs = payload.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise InvalidMessage("malformed-body", "'args' must be a list and 'kwargs' a map")
-    task_id = headers.get("id") or properties.get("message_id") or properties.get("correlation_id")
-    if not isinstance(task_id, str) or not task_id:
-        raise InvalidMessage("missing-task-id", "no 'id' header")
-    expires_at = headers.get("expires_at")
-    attempts = headers.get("attempts", 0)
-    eta = headers.get("eta")
+    if not all(isinstance(key, str) for key in kwargs):
+        raise InvalidMessage("malformed-body", "the keys of 'kwargs' must be strings")
+    reply_to = properties.get("reply_to") or None
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise InvalidMessage("invalid-header", f"the reply_to property must be a string, not {type(reply_to).__name__}")
     return TaskMessage(
-        id=task_id,
+        id=task_id(headers, properties),
         task=name,
         args=tuple(args),
         kwargs=kwargs,
-        reply_to=properties.get("reply_to") or None,
-        expires_at=float(expires_at) if isinstance(expires_at, (int, float)) else None,
-        attempts=attempts if isinstance(attempts, int) else 0,
-        eta=float(eta) if isinstance(eta, (int, float)) else None,
+        reply_to=reply_to,
+        expires_at=epoch_seconds(headers, "expires_at"),
+        attempts=attempt_count(headers),
+        eta=epoch_seconds(headers, "eta"),
     )
+
+
+def task_id(headers: dict, properties: dict) -> str:
+    """The ``id`` header, else the ``message_id`` or ``correlation_id`` property (other producers')."""
+    value = headers.get("id") or properties.get("message_id") or properties.get("correlation_id")
+    if value is None or value == "":
+        raise InvalidMessage("missing-task-id", "no 'id' header")
+    if not isinstance(value, str):
+        raise InvalidMessage("invalid-header", f"'id' must be a string, not {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidMessage("invalid-header", "'id' is not valid UTF-8") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidMessage("invalid-header", f"'id' is {size} bytes long, more than {MAX_ID_BYTES}")
+    return value
+
+
+def attempt_count(headers: dict) -> int:
+    value = headers.get("attempts", 0)
+    if value is None:
+        return 0
+    # bool is an int in Python, and True attempts is no count.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidMessage("invalid-header", f"'attempts' must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= MAX_ATTEMPTS:
+        raise InvalidMessage("invalid-header", f"'attempts' must be 0..{MAX_ATTEMPTS}, got {value}")
+    return value
+
+
+def epoch_seconds(headers: dict, key: str) -> float | None:
+    """An optional time header (``eta``, ``expires_at``): a finite number, or absent."""
+    value = headers.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidMessage("invalid-header", f"{key!r} must be epoch seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InvalidMessage("invalid-header", f"{key!r} is out of range: {value}") from None
+    if not math.isfinite(seconds):
+        raise InvalidMessage("invalid-header", f"{key!r} must be a finite number, got {value}")
+    return seconds
 
 
 @dataclass(frozen=True)

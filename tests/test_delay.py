@@ -64,6 +64,7 @@ def test_delay_ms_rounds_up_and_caps_one_trip():
     assert delay.delay_ms(now + 0.0001) == 1  # never early
     assert delay.delay_ms(now + 1.5) == 1500
     assert delay.delay_ms(now + 365 * 86400) == delay.MAX_DELAY_MS  # a worker sends it round again
+    assert delay.delay_ms(1e308) == delay.MAX_DELAY_MS  # its milliseconds are inf: capped, not an OverflowError
 
 
 @freeze_time(NOW)

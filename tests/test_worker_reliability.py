@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -56,6 +57,23 @@ def test_exhausted_retries_fail_the_caller_and_land_in_dead_letters(rapp, queue_
     assert headers["id"] == result.id and headers["task"] == always_fails.name
     assert msgpack.unpackb(dead.body)["args"] == [str(log)]  # the very message, replayable
     assert not any(key.startswith("x-death") for key in headers)
+
+
+def test_a_failed_task_logs_one_error_record_carrying_its_traceback(rapp, queue_name, start_worker, tmp_path):
+    from tests.apps_reliability import always_fails
+
+    worker = start_worker([queue_name], app=APP)
+    result = always_fails.apply_async((str(tmp_path / "attempts"), "KeyError"), queue=queue_name)
+    with pytest.raises(TaskError):
+        result.get(timeout=20)
+
+    def records_with_a_traceback() -> list[dict]:
+        records = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+        return [record for record in records if "Traceback" in json.dumps(record)]
+
+    [record] = wait_until(records_with_a_traceback, what="a log record with the traceback")
+    assert (record["level"], record["event"], record["task_id"]) == ("error", "task failed", result.id)
+    assert "in always_fails" in record["exception"] and "KeyError: 'broken for good'" in record["exception"]
 
 
 def test_an_exception_outside_retry_for_is_not_retried(rapp, queue_name, start_worker, tmp_path, broker_url):

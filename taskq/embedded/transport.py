@@ -91,6 +91,11 @@ class Unroutable(EmbeddedBrokerError, amqp_errors.ChannelError):
     py-amqp raises that return as a ChannelError, so the publisher learns it was lost."""
 
 
+class HeadersNotATable(EmbeddedBrokerError, TypeError):
+    """A message's headers must be a table: py-amqp can't even encode anything else for
+    RabbitMQ, and a stored one would crash every consumer that receives it."""
+
+
 class UnsupportedExchangeType(EmbeddedBrokerError, amqp_errors.AMQPNotImplementedError):
     """Only direct, topic and fanout exchanges exist here (no headers exchange)."""
 
@@ -325,6 +330,9 @@ class Channel(virtual.Channel):
         that raises (MessageNacked) only on a connection with ``confirm_publish``, as taskq
         opens them; without confirms it is silent. Other queues keep their copy either way.
         A ``mandatory`` message that reached no queue at all raises ``Unroutable``."""
+        headers = message.get("headers")
+        if not isinstance(headers, dict):
+            raise HeadersNotATable(f"message headers must be a table (dict), not {type(headers).__name__}")
         self._inplace_augment_message(message, exchange, routing_key)
         if exchange and self.store.get_exchange(exchange) is None:
             raise ExchangeNotFound(f"NOT_FOUND - no exchange {exchange!r}", None, "Basic.publish")

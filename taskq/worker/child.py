@@ -26,7 +26,7 @@ from kombu.common import maybe_declare
 from taskq import copies, delay, events, routing, topology
 from taskq.app import App
 from taskq.broker import publish_on
-from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
+from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task, message_body
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
 from taskq.worker.parent_death import die_with_parent
@@ -45,6 +45,10 @@ class Delivery:
 
     queue: str
     message: Any  # kombu.Message
+
+    @property
+    def body(self) -> bytes:
+        return message_body(self.message.body)
 
 
 class ChildWorker(Settling):
@@ -180,10 +184,42 @@ class ChildWorker(Settling):
         return receive
 
     def _handle(self, connection: Connection, publish_channel: Any, delivery: Delivery) -> None:
+        """Decide, run and settle one message; whatever goes wrong with it stays with it.
+
+        A lost connection is the reconnect loop's business (the broker requeued the
+        message). Any other error is this message's fault or ours, and raising it would
+        end the child, whose replacement gets the same message: a crash loop. So the
+        message is dead-lettered with the error, or, if even that fails, rejected into
+        ``<queue>.dead`` by the broker's own dead-lettering.
+        """
+        try:
+            self._decide(connection, publish_channel, delivery)
+        except self.app.broker.connection_errors:
+            raise
+        except Exception as exc:
+            self._contain(connection, publish_channel, delivery, exc)
+
+    def _contain(self, connection: Connection, publish_channel: Any, delivery: Delivery, error: Exception) -> None:
+        message = delivery.message
+        detail = f"{type(error).__name__}: {error}"
+        log.error("handling a message failed", queue=delivery.queue, error=detail, exc_info=error)
+        if message.acknowledged:  # settled already: what failed came after the ack
+            return
+        try:
+            self._dead_letter(publish_channel, connection, delivery, "worker-error", detail)
+        except self.app.broker.connection_errors:
+            raise
+        except Exception as dead_letter_error:
+            log.error("dead-lettering failed: rejecting the message into the dead-letter queue",
+                      queue=delivery.queue, error=f"{type(dead_letter_error).__name__}: {dead_letter_error}")
+            if not message.acknowledged:
+                message.reject(requeue=False)
+
+    def _decide(self, connection: Connection, publish_channel: Any, delivery: Delivery) -> None:
         message = delivery.message
         try:
             task_message = routing.address(
-                decode_task(message.body, message.content_type, message.headers, message.properties), delivery.queue
+                decode_task(delivery.body, message.content_type, message.headers, message.properties), delivery.queue
             )
             if task_message.task not in self.app.tasks:
                 unknown = InvalidMessage("unknown-task", f"no task named {task_message.task!r} in app {self.app.name}")
@@ -238,8 +274,9 @@ class ChildWorker(Settling):
         # A failure is recorded before it is settled, so task.failed comes before the
         # task.retried or task.dead_lettered that follows from it.
         events.task_finished(task_message, delivery.queue, False, outcome.runtime, reply.exc_type, reply.exc_message)
-        self._task_log.warning("task failed", runtime=round(outcome.runtime, 6), exc_type=reply.exc_type,
-                               exc_message=reply.exc_message, **context)
+        # One ERROR record carrying the traceback: what an operator reading the log needs first.
+        self._task_log.error("task failed", runtime=round(outcome.runtime, 6), exc_type=reply.exc_type,
+                             exc_message=reply.exc_message, exception=reply.traceback, **context)
         self._settle(connection, publish_channel, delivery, task_message, outcome)
 
     def _run_here(self, connection: Connection, publish_channel: Any, delivery: Delivery, task_message: TaskMessage,
@@ -309,17 +346,18 @@ class ChildWorker(Settling):
         properties.pop("priority", None)
         publish_on(
             connection,
-            message.body,
+            delivery.body,
             routing_key=topology.dead_letter_queue_name(delivery.queue),
             headers=headers,
             channel=publish_channel,
             # Kept as it came, so a replay is the very message that failed.
             content_type=message.content_type or "application/octet-stream",
             content_encoding=message.content_encoding or "binary",
+            check_frame_size=True,
             **properties,
         )
         message.ack()
-        events.task_dead_lettered(delivery.queue, reason, detail, message.headers)
+        events.task_dead_lettered(delivery.queue, reason, detail, headers)
         log.error(
             "message dead-lettered",
             task=headers.get("task"),

@@ -126,12 +126,13 @@ class Settling:
         exchange, routing_key, entities = delay.route(delivery.queue, task_message.eta, self.app.queue_type)
         publish_on(
             connection,
-            message.body,
+            delivery.body,
             exchange=exchange,
             routing_key=routing_key,
             headers=copies.resend_headers(message.headers, task_message),
             declare=entities,
             channel=publish_channel,
+            check_frame_size=True,
             **copies.carried_properties(message.properties),
         )
 
