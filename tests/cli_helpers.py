@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import BROKER_NODE, RabbitNode
 from tests.conftest import ROOT, wait_until
 
 
@@ -71,13 +72,18 @@ def complete_lines(text: str) -> list[str]:
     return text.split("\n")[:-1]
 
 
-def rabbitmqctl_queues() -> dict[str, tuple[int, int, int]]:
+def rabbitmqctl(*args: str) -> str:
+    """``rabbitmqctl ARGS`` against the node under test (``-n``), never the machine's default by accident.
+
+    A test on a private node (tests.brokers) calls that node's ``ctl`` instead.
+    """
+    return BROKER_NODE.ctl(*args)
+
+
+def rabbitmqctl_queues(node: RabbitNode = BROKER_NODE) -> dict[str, tuple[int, int, int]]:
     """{queue: (ready, unacked, consumers)} straight from ``rabbitmqctl list_queues``."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "--formatter", "json"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout
-    return {row["name"]: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for row in json.loads(out)}
+    rows = node.list_queues("messages_ready", "messages_unacknowledged", "consumers")
+    return {name: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for name, row in rows.items()}
 
 
 FAST_HEARTBEATS = {"TASKQ_HEARTBEAT_INTERVAL": "0.3"}
