@@ -9,13 +9,14 @@ docs/guarantees.md promises; the workers must carry on, on the surviving nodes.
 from __future__ import annotations
 
 import collections
+import re
 
 import pytest
 
 from tests.brokers import RabbitNode
-from tests.drain import Drain
+from tests.conftest import ROOT
+from tests.drain import TASKS, Drain
 
-pytestmark = [pytest.mark.cluster, pytest.mark.broker]
 CONCURRENCY = 4
 
 
@@ -39,6 +40,21 @@ def connection_ports(node: RabbitNode) -> collections.Counter:
     return collections.Counter(row["port"] for row in node.ctl_json("list_connections", "port"))
 
 
+def test_the_deployment_doc_describes_this_test_setup():
+    """docs/deployment.md's cluster section quotes this file: the setup it describes must be this one."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text.split("## Run on a RabbitMQ cluster", 1)[1].split("\n## ", 1)[0]
+    assert 'App("shop", queue_type="quorum")' in section
+    from tests.cluster_app import app
+
+    assert app.queue_type == "quorum"
+    assert len(re.findall(r"amqp://[^;' ]+", section.split("TASKQ_BROKER_URL=", 1)[1].split("\n", 1)[0])) == 3
+    assert "tests/test_cluster.py" in section and f"{TASKS:,}-task drain" in section and f"{CONCURRENCY} children" in section
+    assert "| stopped" in section and "| killed (`kill -9`" in section
+
+
+@pytest.mark.cluster
+@pytest.mark.broker
 @pytest.mark.parametrize("loss", ["stop", "kill -9"])
 def test_a_drain_loses_nothing_when_the_workers_node_and_queue_leader_goes(
     loss, rabbit_cluster, cluster_app, queue_name, start_worker, tmp_path
