@@ -4,7 +4,10 @@ Queue numbers, and where they come from (every report says which):
 
 * ``rabbitmqctl`` — when the broker runs on this host and ``rabbitmqctl`` is on PATH, its
   ``list_queues`` gives ready, unacknowledged and consumers from the broker itself, in one
-  snapshot. It is the only source of all three here without the management plugin.
+  snapshot. It is the only source of all three here without the management plugin. Plain
+  ``rabbitmqctl`` asks the machine's default node, which need not be the app's broker (another
+  node, another port): we first prove which node listens on the URL's port
+  (taskq.local_node) and ask that one by name, or don't use rabbitmqctl at all.
 * ``amqp`` — anywhere else: a passive queue declare gives ready and consumers (the
   broker's own numbers), but AMQP has no way to ask for unacknowledged ones. We then count
   them from the workers' heartbeats: a child has prefetch 1 and names its current task's
@@ -31,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from taskq import topology
 from taskq.broker import queue_counts
+from taskq.local_node import node_names_to_try, node_short_name_serving
 from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from taskq.broker import Broker
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+DEFAULT_AMQP_PORT = 5672
 
 
 @dataclass
@@ -94,29 +99,47 @@ def vhost_of(url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def start_rabbitmqctl(broker: Broker) -> subprocess.Popen | None:
-    """Start ``rabbitmqctl list_queues`` (about 2 s of Erlang start-up) to run while we listen.
+@dataclass
+class RabbitmqctlRun:
+    """``rabbitmqctl list_queues`` running against the node proven to serve the app's port."""
 
-    Only for a RabbitMQ on this host: anywhere else rabbitmqctl would describe another broker.
+    command: list[str]  #: without ``-n NODE``
+    nodes: list[str]  #: full names the node may carry, tried in turn
+    process: subprocess.Popen
+
+
+def start_rabbitmqctl(broker: Broker) -> RabbitmqctlRun | str:
+    """Start ``rabbitmqctl list_queues`` (a second or two of Erlang start-up) to run while we listen.
+
+    Only for the node proven to listen on the broker's port; else why not, at once.
     """
     executable = shutil.which("rabbitmqctl")
-    if executable is None or broker.driver_type != "amqp" or not broker_is_local(broker.url):
-        return None
-    url = broker.url
+    if executable is None:
+        return "rabbitmqctl is not on PATH"
+    if broker.driver_type != "amqp" or not broker_is_local(broker.url):
+        return "the broker is not a RabbitMQ on this host"
+    port = urlparse(broker.url).port or DEFAULT_AMQP_PORT
+    short_name = node_short_name_serving(port)
+    if short_name is None:
+        return f"no RabbitMQ node on this host is proven to listen on port {port}"
     command = [
-        executable, "-q", "list_queues", "-p", vhost_of(url),
+        executable, "-q", "list_queues", "-p", vhost_of(broker.url),
         "name", "messages_ready", "messages_unacknowledged", "consumers", "--formatter", "json",
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = node_names_to_try(short_name)
+    return RabbitmqctlRun(command, nodes, _run_on(command, nodes[0]))
 
 
-def finish_rabbitmqctl(process: subprocess.Popen, names: list[str]) -> list[QueueStats] | None:
-    try:
-        out, _ = process.communicate(timeout=30)
-        rows = {row["name"]: row for row in json.loads(out)} if process.returncode == 0 else None
-    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
-        process.kill()
-        return None
+def _run_on(command: list[str], node: str) -> subprocess.Popen:
+    return subprocess.Popen([*command, "-n", node], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_rabbitmqctl(run: RabbitmqctlRun, names: list[str]) -> list[QueueStats] | None:
+    rows = _rows(run.process)
+    for node in run.nodes[1:]:
+        if rows is not None:
+            break
+        rows = _rows(_run_on(run.command, node))
     if rows is None:
         return None
     return [
@@ -125,6 +148,15 @@ def finish_rabbitmqctl(process: subprocess.Popen, names: list[str]) -> list[Queu
         else QueueStats(name, None, None, None, exists=False)
         for name in names
     ]
+
+
+def _rows(process: subprocess.Popen) -> dict[str, dict] | None:
+    try:
+        out, _ = process.communicate(timeout=30)
+        return {row["name"]: row for row in json.loads(out)} if process.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        process.kill()
+        return None
 
 
 def amqp_counts(app: App, names: list[str], workers: list[WorkerInfo]) -> list[QueueStats]:
@@ -187,13 +219,14 @@ def collect_status(
     """Listen for heartbeats, and meanwhile ask for the queue numbers from the best honest source."""
     names = with_dead_letter_queues(queue_names or app.queue_names)
     notes: list[str] = []
-    process = start_rabbitmqctl(app.broker) if counts in ("auto", "rabbitmqctl") else None
-    if counts == "rabbitmqctl" and process is None:
-        notes.append("rabbitmqctl is not on PATH, or the broker is not a RabbitMQ on this host")
+    run = start_rabbitmqctl(app.broker) if counts in ("auto", "rabbitmqctl") else None
+    if counts == "rabbitmqctl" and isinstance(run, str):
+        notes.append(f"not using rabbitmqctl: {run}")
+    run = run if isinstance(run, RabbitmqctlRun) else None
     workers = listen_for_workers(app, listen, should_stop=should_stop)
-    queues = finish_rabbitmqctl(process, names) if process is not None else None
+    queues = finish_rabbitmqctl(run, names) if run is not None else None
     if queues is not None:
         return Status(queues, workers, "rabbitmqctl", listen, notes)
-    if process is not None:
+    if run is not None:
         notes.append("rabbitmqctl failed; fell back to AMQP")
     return Status(amqp_counts(app, names, workers), workers, "amqp (unacked estimated from worker heartbeats)", listen, notes)

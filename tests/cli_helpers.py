@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import BROKER_NODE, RabbitNode
 from tests.conftest import ROOT, wait_until
 
 
@@ -74,22 +75,26 @@ def complete_lines(text: str) -> list[str]:
 
 
 def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl -q ARGS`` against the test broker's node; its stdout.
+    """``rabbitmqctl ARGS`` against the node under test (``-n``), never the machine's default by accident.
 
-    The one place that names the node, so the suite can be pointed at a node of its own.
+    A test on a private node (tests.brokers) calls that node's ``ctl`` instead.
     """
-    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60).stdout
+    return BROKER_NODE.ctl(*args)
 
 
-def rabbitmqctl_rows(command: str, *columns: str) -> list[dict]:
-    """The rows of a ``rabbitmqctl list_*`` command, one dict per row, keyed by column."""
-    return json.loads(rabbitmqctl(command, *columns, "--formatter", "json"))
-
-
-def rabbitmqctl_queues() -> dict[str, tuple[int, int, int]]:
+def rabbitmqctl_queues(node: RabbitNode = BROKER_NODE) -> dict[str, tuple[int, int, int]]:
     """{queue: (ready, unacked, consumers)} straight from ``rabbitmqctl list_queues``."""
-    rows = rabbitmqctl_rows("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers")
-    return {row["name"]: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for row in rows}
+    rows = node.list_queues("messages_ready", "messages_unacknowledged", "consumers")
+    return {name: (row["messages_ready"], row["messages_unacknowledged"], row["consumers"]) for name, row in rows.items()}
+
+
+def rabbitmqctl_rows(command: str, *columns: str, node: RabbitNode = BROKER_NODE) -> list[dict]:
+    """The rows of a ``rabbitmqctl list_*`` command on the node under test, one dict per row.
+
+    Channels and connections belong to no vhost: only the other listings take ``-p``.
+    """
+    vhost = () if command in ("list_channels", "list_connections") else ("-p", node.vhost)
+    return node.ctl_json(command, *vhost, *columns)
 
 
 def ready_and_unacked(broker_url: str, queue: str) -> tuple[int, int]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -14,8 +16,10 @@ from typing import Callable
 import pytest
 from kombu import Connection
 
-BROKER_URL = os.environ.get("TASKQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from tests.brokers import BROKER_NODE, BROKER_URL, RabbitNode, broker_reachable
+
 ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
@@ -28,16 +32,6 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-def broker_reachable(url: str) -> str | None:
-    """None if the broker answers, else why not."""
-    try:
-        with Connection(url, connect_timeout=3) as connection:
-            connection.ensure_connection(max_retries=1)
-        return None
-    except Exception as exc:  # any failure means: not reachable
-        return f"{type(exc).__name__}: {exc}"
 
 
 BROKERS = ("rabbitmq", "embedded")
@@ -67,10 +61,53 @@ def broker_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     problem = broker_reachable(BROKER_URL)
     if problem:
         message = f"RabbitMQ at {BROKER_URL} is unreachable ({problem})"
-        if os.environ.get("CI", "").lower() == "true":
+        if IN_CI:
             pytest.fail(message + "; CI=true requires broker tests to run", pytrace=False)
         pytest.skip(message)
     return BROKER_URL
+
+
+@pytest.fixture(scope="session")
+def broker_node(broker_url: str) -> RabbitNode:
+    """The RabbitMQ node under test, for ``rabbitmqctl``: never to be stopped (others may use it)."""
+    return BROKER_NODE
+
+
+@pytest.fixture(scope="session")
+def private_nodes():
+    """Starts RabbitMQ nodes of the suite's own on demand; every one is stopped at session end.
+
+    Without ``rabbitmq-server`` the tests needing one skip, or fail under CI=true.
+    """
+    from tests.brokers import BrokerControlError, PrivateNodes
+
+    base = Path(tempfile.mkdtemp(prefix="taskq-nodes-"))
+    base.chmod(0o755)  # the nodes run as the rabbitmq user when we are root
+    try:
+        nodes = PrivateNodes(base)
+    except BrokerControlError as exc:
+        shutil.rmtree(base)
+        if IN_CI:
+            pytest.fail(f"{exc}; CI=true requires the destructive broker tests to run", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield nodes
+    finally:
+        nodes.stop_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_node(private_nodes):
+    """One private RabbitMQ node, started the first time a test asks: the only kind a test may stop."""
+    [node] = private_nodes.start(1)
+    return node
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(private_nodes):
+    """Three private nodes joined into one cluster, started in parallel the first time a test asks."""
+    return private_nodes.cluster(3)
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """One RabbitMQ restart (stop_app/start_app), and everything that must survive it.
 
 One test, one restart: a restart takes seconds and disturbs anything else using the
-broker, so every check that needs the broker down or restarted shares this window.
+broker, so every check that needs the broker down or restarted shares this window. The
+broker is a private node the suite started (tests/brokers.py), never the machine's own.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 
@@ -16,16 +16,23 @@ from kombu import Connection
 from taskq import PublishError, ResultLost
 from taskq.message import TaskMessage
 from tests.conftest import broker_reachable, queue_state, wait_until
+from tests.drain import Drain
 from tests.reliability_fixtures import rapp  # noqa: F401  (a fixture)
 
 STORED = 30
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+@pytest.fixture(scope="module")
+def broker_node(private_node):
+    return private_node
 
 
-def test_worker_messages_and_delays_survive_a_broker_restart(rapp, broker_url, queue_name, start_worker, tmp_path):
+@pytest.fixture(scope="module")
+def broker_url(private_node) -> str:
+    return private_node.url
+
+
+def test_worker_messages_and_delays_survive_a_broker_restart(rapp, broker_node, broker_url, queue_name, start_worker, tmp_path):
     from tests.apps_reliability import record
 
     idle_queue = f"test.idle.{uuid.uuid4().hex[:8]}"
@@ -38,7 +45,7 @@ def test_worker_messages_and_delays_survive_a_broker_restart(rapp, broker_url, q
         running = record.apply_async((str(log), "long", 6.0), queue=queue_name)
         wait_until(lambda: log.exists() and "start long" in log.read_text(), what="the long task running")
 
-        rabbitmqctl("stop_app")
+        broker_node.ctl("stop_app")
         try:
             # A result waiter whose reply connection broke fails at once, no hang.
             started = time.monotonic()
@@ -53,7 +60,7 @@ def test_worker_messages_and_delays_survive_a_broker_restart(rapp, broker_url, q
             with pytest.raises(PublishError, match="cannot reach the broker"):  # with a result wanted
                 record.apply_async((str(log), "never"), queue=queue_name)
         finally:
-            rabbitmqctl("start_app")
+            broker_node.ctl("start_app")
         wait_until(lambda: broker_reachable(broker_url) is None, timeout=60, what="the broker back")
         print(f"\nPublishError after {publish_gave_up_after:.1f} s with the broker down")
         assert 4.5 <= publish_gave_up_after < 15  # RetryPolicy: 6 retries, 4.5-9 s of backoff
@@ -83,3 +90,26 @@ def test_worker_messages_and_delays_survive_a_broker_restart(rapp, broker_url, q
                     channel.queue_delete(name)
                 except Exception:
                     channel = connection.channel()
+
+
+def test_a_drain_through_a_kill_9_of_the_broker_loses_nothing(broker_node, broker_url, queue_name, start_worker, tmp_path):
+    """A crash, not a restart: the VM dies with acks it had not yet written down."""
+    from tests.cluster_app import classic_app
+
+    concurrency = 4
+    classic_app.use_broker(broker_url)
+    try:
+        worker = start_worker([queue_name], concurrency=concurrency, app="tests.cluster_app:classic_app")
+        drain = Drain(classic_app, queue_name, tmp_path / "executions")
+        try:
+            broker_node.kill9()
+        finally:
+            broker_node.start()
+        drain.wait_all_run()
+        report = drain.report()
+        print(f"\nsingle node, kill -9 and restart: {report}")
+        assert report.lost == 0
+        assert worker.process.poll() is None and "child died" not in worker.log()
+        assert report.duplicates <= report.crash_bound(concurrency)  # docs/guarantees.md
+    finally:
+        classic_app.close()

@@ -104,9 +104,14 @@ def test_ignore_result_publishes_no_reply_to_nor_correlation_id(app, queue_name,
     assert not message.properties.get("correlation_id")
 
 
-def _read_one_with_pika(queue_name: str):
+def _pika_connection(broker_url: str) -> pika.BlockingConnection:
+    """A second AMQP client on the broker under test (URL-encoded vhost, as pika expects it)."""
+    return pika.BlockingConnection(pika.URLParameters(broker_url[:-1] + "%2F" if broker_url.endswith("//") else broker_url))
+
+
+def _read_one_with_pika(broker_url: str, queue_name: str):
     """Read a message as an independent AMQP client sees it, and leave it on the queue."""
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    connection = _pika_connection(broker_url)
     try:
         channel = connection.channel()
         method, properties, body = channel.basic_get(queue_name, auto_ack=False)
@@ -124,9 +129,9 @@ def _read_one_with_pika(queue_name: str):
 
 
 @pytest.mark.rabbitmq_only(reason="reads the message with pika, a second AMQP client")
-def test_wire_format_as_a_second_amqp_client_sees_it(app, queue_name):
+def test_wire_format_as_a_second_amqp_client_sees_it(app, queue_name, broker_url):
     result = add.apply_async((2, 3), kwargs={"unused": None} and {}, queue=queue_name)
-    message = _read_one_with_pika(queue_name)
+    message = _read_one_with_pika(broker_url, queue_name)
     assert message.properties.delivery_mode == 2
     assert message.properties.content_type == "application/x-msgpack"
     assert message.properties.headers["task"] == "tests.apps.add"
@@ -136,7 +141,7 @@ def test_wire_format_as_a_second_amqp_client_sees_it(app, queue_name):
     assert message.properties.reply_to.startswith("taskq.reply.")
     assert msgpack.unpackb(message.body) == {"args": [2, 3], "kwargs": {}}
     # The queue is durable: declaring it non-durable is refused by the broker.
-    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    connection = _pika_connection(broker_url)
     try:
         with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="PRECONDITION_FAILED"):
             connection.channel().queue_declare(queue_name, durable=False)

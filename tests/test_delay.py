@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import time
 import uuid
 
@@ -11,6 +10,7 @@ import pytest
 from freezegun import freeze_time
 
 from taskq import App, TaskError, delay
+from tests.cli_helpers import rabbitmqctl_queues
 from tests.conftest import queue_state, wait_until
 from tests.reliability_fixtures import rapp  # noqa: F401  (a fixture)
 
@@ -95,9 +95,7 @@ def test_an_eta_after_the_expiry_is_refused():
 
 def unacked(queue: str) -> int:
     """messages_unacknowledged as rabbitmqctl reports it (AMQP itself can't tell)."""
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
-                         capture_output=True, text=True, check=True).stdout
-    return next(int(line.split()[1]) for line in out.splitlines() if line.split()[0] == queue)
+    return rabbitmqctl_queues()[queue][1]
 
 
 @pytest.mark.both_brokers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -10,6 +9,7 @@ from click.testing import CliRunner
 
 from taskq import App, ConfigurationError
 from taskq.cli import main
+from tests.brokers import BROKER_NODE
 from tests.conftest import queue_state, wait_until
 from tests.reliability_fixtures import qapp  # noqa: F401  (a fixture)
 
@@ -26,13 +26,8 @@ def test_quorum_options_are_checked():
 
 
 def queue_types(*names: str) -> dict[str, str]:
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "type", "arguments"], capture_output=True, text=True, check=True).stdout
-    rows = {}
-    for line in out.splitlines():
-        parts = line.split("\t")
-        if parts and parts[0] in names:
-            rows[parts[0]] = "\t".join(parts[1:])
-    return rows
+    rows = BROKER_NODE.list_queues("type", "arguments")
+    return {name: f"{rows[name]['type']}\t{rows[name]['arguments']}" for name in names if name in rows}
 
 
 def test_poison_message_is_dead_lettered_after_the_delivery_limit(qapp, queue_name, start_worker, tmp_path, broker_url, amqp):
