@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -18,10 +19,9 @@ from amqp.exceptions import ChannelError, MessageNacked
 from kombu import Connection, Queue
 from kombu.common import maybe_declare
 from kombu.exceptions import LimitExceeded, OperationalError
-from kombu.utils.url import maybe_sanitize_url
 
 from taskq import embedded
-from taskq.errors import PublishError, Unroutable
+from taskq.errors import ConfigurationError, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
@@ -43,8 +43,32 @@ def is_embedded(url: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced, safe to print or log."""
-    return maybe_sanitize_url(url)
+    """The URL with every password replaced by ``**``, safe to print or log.
+
+    Every URL of a ``;`` failover list is masked: kombu's ``maybe_sanitize_url`` masks only
+    the first, and the others went to banners, logs and error texts in the clear.
+    """
+    return ";".join(_mask_password(part) for part in _NEXT_URL.split(url))
+
+
+_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")  # a ';' that starts another URL, not one in a password
+
+
+def _mask_password(url: str) -> str:
+    """Cut the password out by position, without parsing: a password with a raw ``/ ? # @ %``
+    makes the URL unparseable (kombu raises, quoting a piece of it), yet it must be printable.
+
+    Everything from the first ``:`` after the scheme to the last ``@`` goes: a raw ``@`` in
+    the path would hide the host too, which is better than showing a piece of a password.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    end = rest.rfind("@")
+    user, colon, _ = rest[: max(end, 0)].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}{separator}{user}:**{rest[end:]}"
 
 
 @dataclass(frozen=True)
@@ -136,7 +160,13 @@ class Broker:
         self._pool_size = pool_size
         self._pool = None
         self._lock = threading.Lock()
-        probe = Connection(url)
+        try:
+            probe = Connection(url)
+        except ValueError:  # its text quotes the piece of the URL it choked on: maybe the password
+            raise ConfigurationError(
+                f"the broker URL {mask_url(url)} can't be parsed; URL-encode / ? # @ % in the password "
+                "(%2F %3F %23 %40 %25)"
+            ) from None
         self.driver_type: str = probe.transport.driver_type
         # Errors after which the connection is suspect and a retry on a fresh one may work.
         self.connection_errors: tuple[type[BaseException], ...] = (
