@@ -237,13 +237,14 @@ class App:
         the broker returns it and this raises ``Unroutable`` instead of losing the task.
         """
         listener = None
+        budget = self.broker.budget()  # one for the whole send: opening the reply listener, then publishing
         properties: dict[str, Any] = {"message_id": message.id}
         if want_result:
             # The RPC pair: the reply comes back to reply_to, matched by correlation_id.
             # Without a reply there is nothing to correlate, and each property of a
             # persistent message costs the broker (benchmarks.md).
             listener = self._reply_listener()
-            properties["reply_to"] = listener.reply_to()
+            properties["reply_to"] = listener.reply_to(budget)
             properties["correlation_id"] = message.id
             listener.expect(message.id)
             message = replace(message, reply_to=properties["reply_to"])
@@ -264,7 +265,7 @@ class App:
                 "declare": [self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
             }
         try:
-            self.broker.publish(message.body(), headers=message.headers(), **target, **properties)
+            self.broker.publish(message.body(), headers=message.headers(), budget=budget, **target, **properties)
         except BaseException:
             if listener is not None:
                 listener.forget(message.id)

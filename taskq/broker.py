@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -17,11 +18,10 @@ from typing import Any, Iterable, Sequence
 from amqp.exceptions import ChannelError, MessageNacked
 from kombu import Connection, Queue
 from kombu.common import maybe_declare
-from kombu.exceptions import OperationalError
-from kombu.utils.url import maybe_sanitize_url
+from kombu.exceptions import LimitExceeded, OperationalError
 
 from taskq import embedded
-from taskq.errors import FrameTooLarge, PublishError, Unroutable
+from taskq.errors import ConfigurationError, FrameTooLarge, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
@@ -45,22 +45,50 @@ def is_embedded(url: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced, safe to print or log."""
-    return maybe_sanitize_url(url)
+    """The URL with every password replaced by ``**``, safe to print or log.
+
+    Every URL of a ``;`` failover list is masked: kombu's ``maybe_sanitize_url`` masks only
+    the first, and the others went to banners, logs and error texts in the clear.
+    """
+    return ";".join(_mask_password(part) for part in _NEXT_URL.split(url))
+
+
+_NEXT_URL = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")  # a ';' that starts another URL, not one in a password
+
+
+def _mask_password(url: str) -> str:
+    """Cut the password out by position, without parsing: a password with a raw ``/ ? # @ %``
+    makes the URL unparseable (kombu raises, quoting a piece of it), yet it must be printable.
+
+    Everything from the first ``:`` after the scheme to the last ``@`` goes: a raw ``@`` in
+    the path would hide the host too, which is better than showing a piece of a password.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    end = rest.rfind("@")
+    user, colon, _ = rest[: max(end, 0)].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}{separator}{user}:**{rest[end:]}"
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard a publish tries before it gives up: bounded, so a caller never hangs forever.
+    """How hard a send tries before it gives up: bounded, so a caller never hangs forever.
 
     Each attempt connects once (no hidden kombu retry loop), so the defaults mean: about
     5 to 9 s of sleeping across 7 attempts, enough to ride out a broker restart, then
-    PublishError. An unreachable host adds up to kombu's connect timeout (4 s) per attempt.
+    PublishError. ``deadline`` bounds the whole send, attempts and pauses together: on a
+    silent network nothing fails fast, and without it each attempt would wait out its
+    own connect and confirm timeouts in turn.
     """
 
     max_retries: int = 6
     interval_start: float = 0.2
     interval_max: float = 3.0
+    deadline: float = 10.0  # seconds for one send, all of its steps and attempts
+    connect_timeout: float = 4.0  # seconds for one attempt's TCP connect and AMQP handshake
     confirm_timeout: float = 10.0
 
     def delay(self, attempt: int) -> float:
@@ -68,6 +96,43 @@ class RetryPolicy:
         the whole retry window stays predictable (full jitter could shrink it to nothing)."""
         ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
         return random.uniform(ceiling / 2, ceiling)
+
+
+class Budget:
+    """One send's allowance of attempts and time, shared by all its steps.
+
+    A ``.delay()`` may open the reply listener and then publish; each step may need a
+    reconnect. Drawing both from one budget keeps the promise about the send as a whole:
+    ``max_retries`` attempts with backoff, and never past ``deadline``, wherever the
+    outage hits.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.started = time.monotonic()
+        self.attempts = 0
+
+    def remaining(self) -> float:
+        return self.started + self.policy.deadline - time.monotonic()
+
+    def timeout(self, preferred: float) -> float:
+        """How long one wait of this attempt may block: ``preferred``, cut to what is left."""
+        return max(min(preferred, self.remaining()), MIN_WAIT)
+
+    def retry_or_raise(self, exc: BaseException, failure: str) -> None:
+        """After a failed attempt: pause before the next one, or raise PublishError saying
+        ``failure`` if attempts or time ran out (a pause past the deadline would be wasted)."""
+        self.attempts += 1
+        pause = self.policy.delay(self.attempts)
+        if self.attempts > self.policy.max_retries or pause >= self.remaining():
+            raise PublishError(
+                f"{failure} after {self.attempts} attempts in {time.monotonic() - self.started:.1f} s: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        time.sleep(pause)
+
+
+MIN_WAIT = 0.05  # seconds: a wait of 0 would mean "don't block at all" to a socket, not "no time left"
 
 
 @dataclass(frozen=True)
@@ -81,6 +146,7 @@ class Outgoing:
 
 
 CONFIRM_WINDOW = 1000  # unconfirmed messages a bulk publish lets in flight before it waits
+POOL_WAIT = 30.0  # seconds a publish waits for a free pooled connection, within its budget
 
 
 class Broker:
@@ -96,7 +162,13 @@ class Broker:
         self._pool_size = pool_size
         self._pool = None
         self._lock = threading.Lock()
-        probe = Connection(url)
+        try:
+            probe = Connection(url)
+        except ValueError:  # its text quotes the piece of the URL it choked on: maybe the password
+            raise ConfigurationError(
+                f"the broker URL {mask_url(url)} can't be parsed; URL-encode / ? # @ % in the password "
+                "(%2F %3F %23 %40 %25)"
+            ) from None
         self.driver_type: str = probe.transport.driver_type
         # Errors after which the connection is suspect and a retry on a fresh one may work.
         self.connection_errors: tuple[type[BaseException], ...] = (
@@ -110,19 +182,35 @@ class Broker:
     def masked_url(self) -> str:
         return mask_url(self.url)
 
-    def connect(self, *, heartbeat: float = 0) -> Connection:
-        """A new connection with publisher confirms on; the caller owns it and closes it."""
+    def budget(self) -> Budget:
+        """A fresh allowance for one send, to share between its steps."""
+        return Budget(self.retry)
+
+    def connect(self, *, heartbeat: float = 0, bounded: bool = False, connect_timeout: float | None = None) -> Connection:
+        """A new connection with publisher confirms on; the caller owns it and closes it.
+
+        ``bounded``: no read or write on it blocks longer than the retry deadline, even the
+        ones py-amqp gives no timeout (a declaration, opening a channel, closing): over a
+        silent network they would wait forever.
+        """
         # max_retries=0: a (re)connect is tried once; the retry policy is the caller's.
         options: dict[str, Any] = {"confirm_publish": True, "max_retries": 0}
         if self.driver_type == "memory":
             # kombu's in-memory transport polls its queues, once a second by default.
             options["polling_interval"] = 0.005
-        return Connection(self.url, heartbeat=heartbeat, transport_options=options)
+        if bounded and self.driver_type == "amqp":
+            options.update(read_timeout=self.retry.deadline, write_timeout=self.retry.deadline)
+        return Connection(
+            self.url,
+            heartbeat=heartbeat,
+            connect_timeout=connect_timeout or self.retry.connect_timeout,
+            transport_options=options,
+        )
 
     def _connection_pool(self):
         with self._lock:
             if self._pool is None:
-                self._pool = self.connect().Pool(limit=self._pool_size)
+                self._pool = self.connect(bounded=True).Pool(limit=self._pool_size)
             return self._pool
 
     def publish(
@@ -134,18 +222,21 @@ class Broker:
         headers: dict[str, Any] | None = None,
         declare: Iterable[Queue] = (),
         persistent: bool = True,
+        budget: Budget | None = None,
         **properties: Any,
     ) -> None:
         """Publish and return only once the broker confirmed it; else raise PublishError.
 
-        A nack, a timeout or a broken connection is retried up to ``retry.max_retries``
-        times on a fresh connection: the same message may then reach the broker twice,
-        which at-least-once delivery allows and the task id makes detectable.
+        A nack, a timeout or a broken connection is retried on a fresh connection within
+        ``budget`` (a new one unless the caller shares its own): the same message may then
+        reach the broker twice, which at-least-once delivery allows and the task id makes
+        detectable.
         """
-        attempt = 0
+        budget = budget or self.budget()
         while True:
             try:
-                with self._connection_pool().acquire(block=True, timeout=30) as connection:
+                with self._connection_pool().acquire(block=True, timeout=budget.timeout(POOL_WAIT)) as connection:
+                    connection.connect_timeout = budget.timeout(self.retry.connect_timeout)  # used if it reconnects
                     try:
                         publish_on(
                             connection,
@@ -155,7 +246,7 @@ class Broker:
                             headers=headers,
                             declare=declare,
                             persistent=persistent,
-                            confirm_timeout=self.retry.confirm_timeout,
+                            confirm_timeout=budget.timeout(self.retry.confirm_timeout),
                             **properties,
                         )
                         return
@@ -174,14 +265,8 @@ class Broker:
                         # Drop the broken connection; the pool reconnects it on next use.
                         connection.collect()
                         raise
-            except (MessageNacked, *self.connection_errors) as exc:
-                attempt += 1
-                if attempt > self.retry.max_retries:
-                    raise PublishError(
-                        f"broker at {self.masked_url} did not confirm the publish to "
-                        f"{routing_key!r} after {attempt} attempts: {type(exc).__name__}: {exc}"
-                    ) from exc
-                time.sleep(self.retry.delay(attempt))
+            except (MessageNacked, LimitExceeded, *self.connection_errors) as exc:
+                budget.retry_or_raise(exc, f"broker at {self.masked_url} did not confirm the publish to {routing_key!r}")
 
     def publish_many(self, messages: Sequence[Outgoing], *, declare: Iterable[Queue] = ()) -> None:
         """Publish a burst with pipelined publisher confirms: send them all, then collect the acks.
@@ -193,23 +278,22 @@ class Broker:
         """
         declare = list(declare)
         pending = list(range(len(messages)))
-        attempt = 0
+        budget = self.budget()
         while pending:
             error: BaseException | None = None
+            before = len(pending)
             try:
                 pending, error = self._publish_pipelined(messages, pending, declare)
             except self.connection_errors as exc:  # could not even connect: nothing was sent
                 error = exc
             if not pending:
                 return
-            attempt += 1
-            if attempt > self.retry.max_retries:
-                cause = f"{type(error).__name__}: {error}" if error else "nacked by the broker"
-                raise PublishError(
-                    f"broker at {self.masked_url} did not confirm {len(pending)} of {len(messages)} "
-                    f"messages after {attempt} attempts: {cause}"
-                ) from error
-            time.sleep(self.retry.delay(attempt))
+            if len(pending) < before:  # the budget is for riding out an outage, not for the work done
+                budget = self.budget()
+            budget.retry_or_raise(
+                error or MessageNacked("nacked by the broker"),
+                f"broker at {self.masked_url} did not confirm {len(pending)} of {len(messages)} messages",
+            )
 
     def _publish_pipelined(
         self, messages: Sequence[Outgoing], indexes: list[int], declare: list[Queue]

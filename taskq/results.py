@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 from kombu import Consumer
 
 from taskq import topology
-from taskq.errors import PublishError, ResultLost, TaskError, TaskqError
+from taskq.errors import ResultLost, TaskError, TaskqError
 from taskq.message import Reply, decode_reply
 
 if TYPE_CHECKING:
     from kombu import Connection
 
-    from taskq.broker import Broker
+    from taskq.broker import Broker, Budget
 
 _LOST = object()  # stored instead of a Reply when the reply connection broke
 READ_SLICE = 1.0  # seconds a reader blocks at most before it looks at its deadline and heartbeats
@@ -58,30 +58,37 @@ class ReplyListener:
         self._stopped = threading.Event()
         self._keeper: threading.Thread | None = None
 
-    def reply_to(self) -> str:
-        """The reply queue's name, opening the connection (and declaring the queue) on first use."""
-        name = self._queue_name
-        if name is not None:
-            return name
-        with self._setup:
-            if self._queue_name is None:
-                self._open()
-            assert self._queue_name is not None
-            return self._queue_name
+    def reply_to(self, budget: Budget | None = None) -> str:
+        """The reply queue's name, opening the connection (and declaring the queue) on first use.
 
-    def _open(self) -> None:
-        connection = self._broker.connect(heartbeat=30)
+        Opening is retried within ``budget``, the send's own: if the broker can't be reached
+        nothing was sent, and to the caller this is a send that failed (PublishError).
+        """
+        budget = budget or self._broker.budget()
+        while True:
+            name = self._queue_name
+            if name is not None:
+                return name
+            try:
+                with self._setup:  # one attempt at a time, but the pause between them outside it
+                    if self._queue_name is None:
+                        self._open(budget)
+            except self._broker.connection_errors as exc:
+                budget.retry_or_raise(exc, f"cannot reach the broker at {self._broker.masked_url} to listen for results")
+
+    def _open(self, budget: Budget) -> None:
+        connection = self._broker.connect(
+            heartbeat=30, bounded=True, connect_timeout=budget.timeout(self._broker.retry.connect_timeout)
+        )
         try:
+            connection.ensure_connection(max_retries=0)  # once: retrying is the budget's job, not kombu's
             queue = topology.reply_queue()
             consumer = Consumer(connection.channel(), queues=[queue], on_message=self._on_message, no_ack=True)
             consumer.consume()
         except Exception as exc:
             connection.collect()
             if isinstance(exc, self._broker.connection_errors):
-                # Nothing was sent: to the caller this is a send that failed.
-                raise PublishError(
-                    f"cannot reach the broker at {self._broker.masked_url} to listen for results: {exc}"
-                ) from exc
+                raise
             raise TaskqError(f"cannot listen for results: {exc}") from exc
         self._connection = connection
         self._queue_name = queue.name
