@@ -14,19 +14,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from amqp.exceptions import ChannelError, MessageNacked
+from amqp.exceptions import AccessRefused, ChannelError, MessageNacked, NotAllowed
 from kombu import Connection, Queue
 from kombu.common import maybe_declare
 from kombu.exceptions import OperationalError
-from kombu.utils.url import maybe_sanitize_url
+from kombu.utils.url import maybe_sanitize_url, parse_url
 
 from taskq import embedded
-from taskq.errors import PublishError, Unroutable
+from taskq.errors import ConfigurationError, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message that matched no binding
 PERSISTENT = 2
 TRANSIENT = 1
+# The broker refusing to open a connection: a login it won't take (403 ACCESS_REFUSED), a vhost
+# that doesn't exist or isn't ours (530 NOT_ALLOWED). Unlike a broker that is down, waiting
+# doesn't mend these: an operator must, so reconnect loops stop on them.
+REFUSALS: tuple[type[BaseException], ...] = (AccessRefused, NotAllowed)
+
+
+def connection_problem(masked_url: str, exc: BaseException) -> str:
+    """One line for an operator: a refusal says the broker's own words (the login, the vhost),
+    anything else what failed, for it may mend itself."""
+    if isinstance(exc, REFUSALS):
+        return f"broker at {masked_url} refused the connection: {getattr(exc, 'reply_text', '') or exc}"
+    return f"broker at {masked_url}: {type(exc).__name__}: {exc}"
 
 
 def resolve_broker_url(explicit: str | None = None) -> str:
@@ -45,6 +57,27 @@ def is_embedded(url: str) -> bool:
 def mask_url(url: str) -> str:
     """The URL with its password replaced, safe to print or log."""
     return maybe_sanitize_url(url)
+
+
+# kombu resolves many more schemes, but taskq needs publisher confirms, TTLs and
+# dead-lettering: RabbitMQ's, the embedded broker's, or (in tests) none of them.
+SUPPORTED_TRANSPORTS = ("amqp", "amqps", "pyamqp", embedded.SCHEME, "memory")
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigurationError for a URL taskq can't use, naming the problem but not the URL
+    (it may hold a password, and a malformed one can't be masked), before kombu raises a
+    KeyError, a ValueError or an ImportError from deep inside, or only when failing over."""
+    for part in url.split(";"):  # kombu's failover list
+        try:
+            transport = parse_url(part)["transport"] if "://" in part else "amqp"  # kombu's default
+        except ValueError as exc:  # e.g. a port that isn't a number
+            raise ConfigurationError(f"bad broker URL: {exc}") from None
+        if transport not in SUPPORTED_TRANSPORTS:
+            raise ConfigurationError(
+                f"unsupported broker transport {transport!r}; taskq supports amqp:// or amqps:// (RabbitMQ), "
+                f"{embedded.SCHEME}:// (the embedded broker) and memory:// (tests)"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,6 +122,7 @@ class Broker:
     """
 
     def __init__(self, url: str, *, retry: RetryPolicy | None = None, pool_size: int = 10) -> None:
+        check_url(url)
         self.url = url
         self.retry = retry or RetryPolicy()
         self._pool_size = pool_size
