@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from amqp.exceptions import ChannelError, MessageNacked
+from amqp.exceptions import AccessRefused, ChannelError, MessageNacked, NotAllowed
 from kombu import Connection, Queue
 from kombu.common import maybe_declare
 from kombu.exceptions import LimitExceeded, OperationalError
+from kombu.utils.url import parse_url
 
 from taskq import embedded
 from taskq.errors import ConfigurationError, FrameTooLarge, PublishError, Unroutable
@@ -29,6 +30,18 @@ FRAME_OVERHEAD = 8  # bytes of an AMQP frame around its payload: type, channel, 
 CONTENT_HEADER_FIELDS = 12  # bytes of a content header before its properties: class, weight, body size
 PERSISTENT = 2
 TRANSIENT = 1
+# The broker refusing to open a connection: a login it won't take (403 ACCESS_REFUSED), a vhost
+# that doesn't exist or isn't ours (530 NOT_ALLOWED). Unlike a broker that is down, waiting
+# doesn't mend these: an operator must, so reconnect loops stop on them.
+REFUSALS: tuple[type[BaseException], ...] = (AccessRefused, NotAllowed)
+
+
+def connection_problem(masked_url: str, exc: BaseException) -> str:
+    """One line for an operator: a refusal says the broker's own words (the login, the vhost),
+    anything else what failed, for it may mend itself."""
+    if isinstance(exc, REFUSALS):
+        return f"broker at {masked_url} refused the connection: {getattr(exc, 'reply_text', '') or exc}"
+    return f"broker at {masked_url}: {type(exc).__name__}: {exc}"
 
 
 def resolve_broker_url(explicit: str | None = None) -> str:
@@ -71,6 +84,36 @@ def _mask_password(url: str) -> str:
     if not colon:
         return url
     return f"{scheme}{separator}{user}:**{rest[end:]}"
+
+
+# kombu resolves many more schemes, but taskq needs publisher confirms, TTLs and
+# dead-lettering: RabbitMQ's, the embedded broker's, or (in tests) none of them.
+SUPPORTED_TRANSPORTS = ("amqp", "amqps", "pyamqp", embedded.SCHEME, "memory")
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigurationError for a URL taskq can't use, naming the problem but not the URL
+    (it may hold a password, and a malformed one can't be masked), before kombu raises a
+    KeyError, a ValueError or an ImportError from deep inside, or only when failing over."""
+    for part in url.split(";"):  # kombu's failover list
+        try:
+            transport = parse_url(part)["transport"] if "://" in part else "amqp"  # kombu's default
+        except ValueError:  # e.g. a port that isn't a number
+            raise unparseable_url(url) from None
+        if transport not in SUPPORTED_TRANSPORTS:
+            raise ConfigurationError(
+                f"unsupported broker transport {transport!r}; taskq supports amqp:// or amqps:// (RabbitMQ), "
+                f"{embedded.SCHEME}:// (the embedded broker) and memory:// (tests)"
+            )
+
+
+def unparseable_url(url: str) -> ConfigurationError:
+    """The error for a URL kombu can't parse. Its own ValueError quotes the piece it choked on,
+    which may be a piece of the password (a raw ``/`` ends the host part early)."""
+    return ConfigurationError(
+        f"the broker URL {mask_url(url)} can't be parsed (a port that isn't a number?); "
+        "URL-encode / ? # @ % in the password (%2F %3F %23 %40 %25)"
+    )
 
 
 @dataclass(frozen=True)
@@ -157,6 +200,7 @@ class Broker:
     """
 
     def __init__(self, url: str, *, retry: RetryPolicy | None = None, pool_size: int = 10) -> None:
+        check_url(url)
         self.url = url
         self.retry = retry or RetryPolicy()
         self._pool_size = pool_size
@@ -164,11 +208,8 @@ class Broker:
         self._lock = threading.Lock()
         try:
             probe = Connection(url)
-        except ValueError:  # its text quotes the piece of the URL it choked on: maybe the password
-            raise ConfigurationError(
-                f"the broker URL {mask_url(url)} can't be parsed; URL-encode / ? # @ % in the password "
-                "(%2F %3F %23 %40 %25)"
-            ) from None
+        except ValueError:
+            raise unparseable_url(url) from None
         self.driver_type: str = probe.transport.driver_type
         # Errors after which the connection is suspect and a retry on a fresh one may work.
         self.connection_errors: tuple[type[BaseException], ...] = (

@@ -16,7 +16,7 @@ from taskq.cli_common import UserError, app_from_option, app_option, broker_opti
 from taskq.cli_dead import dead
 from taskq.cli_ops import OPERATOR_COMMANDS
 from taskq.dashboard.cli import dashboard  # imports Starlette and uvicorn only when it runs
-from taskq.errors import ConfigurationError
+from taskq.errors import ConfigurationError, TaskqError
 from taskq.logs import LEVELS, configure_logging
 
 
@@ -26,7 +26,8 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >=
 
 class OneLineErrorsGroup(click.Group):
     """The ``taskq`` group: a usage mistake (a typo'd command or option, a bad value) is one
-    line on stderr and exit 2, like every ``UserError``, instead of click's usage block."""
+    line on stderr and exit 2, like every ``UserError``, instead of click's usage block; any
+    other TaskqError a command lets through is one line and exit 1."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -44,6 +45,9 @@ class OneLineErrorsGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except TaskqError as exc:  # the library said what went wrong: that line, no traceback
+            click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 

@@ -26,6 +26,16 @@ def app_from_option(path: str, broker: str | None) -> App:
         raise UserError(str(exc)) from None
     if broker:
         app.use_broker(broker)
+    return with_usable_broker(app)
+
+
+def with_usable_broker(app: App) -> App:
+    """The app, once its broker URL is known to be one taskq can use (made now, not on first
+    use): a bad URL is then a one-line user error before the command starts anything."""
+    try:
+        app.broker  # noqa: B018  (made on first use; checks the URL)
+    except ConfigurationError as exc:
+        raise UserError(str(exc)) from None
     return app
 
 
@@ -48,5 +58,5 @@ def load(app_path: str | None, broker: str | None) -> App:
     """The -A app, or a bare App on the broker given, for commands that only need a broker."""
     if app_path:
         return app_from_option(app_path, broker)
-    return App(broker=broker)
+    return with_usable_broker(App(broker=broker))
 

@@ -5,15 +5,28 @@ Only argument parsing and printing; the work is in ``taskq.dead``.
 
 from __future__ import annotations
 
+import contextlib
+import textwrap
+from typing import Iterator
+
 import click
 
 from taskq.broker import Broker
 from taskq.cli_common import UserError, broker_option, load, optional_app_option
-from taskq.dead import DeadLetter, NoSuchQueue, list_dead, purge, replay
-from taskq.errors import TaskqError
+from taskq.dead import DeadLetter, NoSuchQueue, count_dead, list_dead, purge, replay
+
 
 def broker_from_options(app_path: str | None, broker: str | None) -> Broker:
     return load(app_path, broker).broker
+
+
+@contextlib.contextmanager
+def no_such_queue_is_a_user_error() -> Iterator[None]:
+    """A queue that isn't there is the caller's mistake (exit 2); other TaskqErrors are exit 1 (cli.py)."""
+    try:
+        yield
+    except NoSuchQueue as exc:
+        raise UserError(str(exc)) from None
 
 
 def describe(letter: DeadLetter) -> str:
@@ -30,18 +43,19 @@ def dead() -> None:
 @dead.command("list")
 @click.argument("queue")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Under each task that failed, the traceback its worker recorded.")
 @optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
-def list_command(queue: str, limit: int, app_path: str | None, broker: str | None) -> None:
+def list_command(queue: str, limit: int, show_traceback: bool, app_path: str | None, broker: str | None) -> None:
     """Show QUEUE.dead's messages, oldest first; the queue is left exactly as it was."""
-    try:
+    with no_such_queue_is_a_user_error():
         total, letters = list_dead(broker_from_options(app_path, broker), queue, limit)
-    except NoSuchQueue as exc:
-        raise UserError(str(exc)) from None
-    except TaskqError as exc:
-        raise click.ClickException(str(exc)) from None
     for letter in letters:
         click.echo(describe(letter))
+        if show_traceback and letter.traceback:
+            # Indented, so each letter's own line still starts at the left margin.
+            click.echo(textwrap.indent(letter.traceback.rstrip("\n"), "    "))
     shown = f"{len(letters)} of {total}" if len(letters) < total else str(total)
     click.echo(f"{shown} dead letter(s) in {queue}.dead", err=True)
 
@@ -56,12 +70,8 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
     """Send dead letters back to their original queue (confirmed, then removed from .dead)."""
     if bool(task_id) == replay_all:
         raise UserError("give exactly one of --id TASK_ID or --all")
-    try:
+    with no_such_queue_is_a_user_error():
         replayed = replay(broker_from_options(app_path, broker), queue, task_id)
-    except NoSuchQueue as exc:
-        raise UserError(str(exc)) from None
-    except TaskqError as exc:
-        raise click.ClickException(str(exc)) from None
     if task_id and not replayed:
         raise UserError(f"no dead letter with id {task_id!r} in {queue}.dead")
     for letter in replayed:
@@ -73,10 +83,12 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
 @click.argument("queue")
 @optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
-def purge_command(queue: str, app_path: str | None, broker: str | None) -> None:
-    """Delete every message in QUEUE.dead."""
-    try:
-        count = purge(broker_from_options(app_path, broker), queue)
-    except NoSuchQueue as exc:
-        raise UserError(str(exc)) from None
+@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+def purge_command(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
+    """Delete every message in QUEUE.dead (after asking, unless --yes): they are gone for good."""
+    dead_broker = broker_from_options(app_path, broker)
+    with no_such_queue_is_a_user_error():
+        if not yes:
+            click.confirm(f"Delete the {count_dead(dead_broker, queue)} messages in {queue}.dead?", abort=True)
+        count = purge(dead_broker, queue)
     click.echo(f"purged {count} message(s) from {queue}.dead", err=True)

@@ -18,7 +18,7 @@ import structlog
 
 from taskq import topology
 from taskq.app import App
-from taskq.broker import queue_counts
+from taskq.broker import connection_problem, queue_counts
 from taskq.cli_common import UserError, app_option, broker_option, load, optional_app_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
@@ -58,7 +58,7 @@ def broker_errors(app: App) -> Iterator[None]:
 
 
 def broker_error(app: App, exc: BaseException) -> click.ClickException:
-    return click.ClickException(f"broker at {app.broker.masked_url}: {type(exc).__name__}: {exc}")
+    return click.ClickException(connection_problem(app.broker.masked_url, exc))
 
 
 def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, *, command: str,
@@ -254,6 +254,7 @@ def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> No
     """Delete every ready message in QUEUE (messages being worked on are not touched)."""
     app = load(app_path, broker)
     with broker_errors(app), app.broker.connect() as connection:
+        connection.connect()  # a refused login is a ChannelError too: not "no queue named" below
         try:
             ready, _ = queue_counts(connection, queue)
         except connection.channel_errors:

@@ -23,7 +23,7 @@ from typing import Any
 from kombu import Connection
 
 from taskq import copies, topology
-from taskq.broker import Broker, publish_on
+from taskq.broker import Broker, connection_problem, publish_on
 from taskq.errors import TaskqError
 
 
@@ -84,7 +84,7 @@ def _connected(broker: Broker) -> Iterator[Connection]:
         connection.ensure_connection(max_retries=1)
     except broker.connection_errors as exc:
         connection.release()
-        raise TaskqError(f"cannot reach the broker at {broker.masked_url}: {exc}") from None
+        raise TaskqError(connection_problem(broker.masked_url, exc)) from None
     try:
         yield connection
     finally:
@@ -179,6 +179,12 @@ def replay(broker: Broker, queue_name: str, task_id: str | None = None) -> list[
             if task_id is not None:
                 break
     return replayed
+
+
+def count_dead(broker: Broker, queue_name: str) -> int:
+    """How many messages ``<queue>.dead`` holds: what an operator confirms before a purge."""
+    with _connected(broker) as connection, _dead_channel(connection, queue_name) as (_, total):
+        return total
 
 
 def purge(broker: Broker, queue_name: str) -> int:

@@ -1,4 +1,5 @@
-"""``taskq dead list|replay|purge`` against the real broker, in-process through click."""
+"""``taskq dead list|replay|purge`` against the real broker, in-process through click (and
+through the real command where what an operator sees is the point)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from taskq.cli import main
+from taskq.errors import TaskError
 from taskq.message import TaskMessage
+from tests.cli_helpers import taskq
 from tests.conftest import queue_state, wait_until
 from tests.reliability_fixtures import rapp  # noqa: F401  (a fixture)
 
@@ -44,6 +47,34 @@ def test_list_shows_messages_in_order_and_leaves_them(broker_url, queue_name, de
     assert queue_state(amqp, queue_name + ".dead")[0] == 3
     limited = run(broker_url, "list", queue_name, "--limit", "1")
     assert len(limited.stdout.splitlines()) == 1 and "1 of 3" in limited.stderr
+    assert run(broker_url, "list", queue_name, "--traceback").stdout == first.stdout  # these never ran: none
+
+
+def test_list_with_traceback_shows_where_the_failed_task_raised(rapp, broker_url, queue_name, start_worker, tmp_path, amqp):
+    from tests.apps_reliability import always_fails
+
+    start_worker([queue_name], app="tests.apps_reliability:app")
+    with pytest.raises(TaskError):
+        always_fails.apply_async((str(tmp_path / "attempts"), "KeyError"), queue=queue_name).get(timeout=30)
+    wait_until(lambda: queue_state(amqp, queue_name + ".dead")[0] == 1, what="a dead letter")
+    plain = taskq("dead", "list", queue_name, broker_url=broker_url)
+    shown = taskq("dead", "list", queue_name, "--traceback", broker_url=broker_url)
+    assert shown.returncode == 0, shown.stderr
+    letter, *traceback = shown.stdout.splitlines()
+    assert letter == plain.stdout.strip() and "KeyError" in letter
+    assert traceback[0] == "    Traceback (most recent call last):", shown.stdout
+    assert all(line.startswith("    ") for line in traceback), shown.stdout  # each letter's line stands out
+    assert 'tests/apps_reliability.py", line' in shown.stdout and traceback[-1] == "    KeyError: 'broken for good'"
+
+
+@pytest.mark.both_brokers
+def test_purge_asks_first(broker_url, queue_name, dead_queue, amqp):
+    kept = taskq("dead", "purge", queue_name, broker_url=broker_url, input="n\n")
+    assert kept.returncode == 1 and f"Delete the 3 messages in {queue_name}.dead?" in kept.stdout, kept.stderr
+    assert "Traceback" not in kept.stderr and queue_state(amqp, queue_name + ".dead")[0] == 3
+    purged = taskq("dead", "purge", queue_name, broker_url=broker_url, input="y\n")
+    assert purged.returncode == 0 and "purged 3" in purged.stderr, purged.stderr
+    assert queue_state(amqp, queue_name + ".dead")[0] == 0
 
 
 @pytest.mark.both_brokers
@@ -77,7 +108,7 @@ def test_replayed_task_runs_again(rapp, broker_url, queue_name, start_worker, tm
 
 @pytest.mark.both_brokers
 def test_purge_and_user_errors(broker_url, queue_name, dead_queue, amqp):
-    result = run(broker_url, "purge", queue_name)
+    result = run(broker_url, "purge", queue_name, "--yes")
     assert result.exit_code == 0 and "purged 3" in result.stderr
     assert queue_state(amqp, queue_name + ".dead")[0] == 0
     missing = run(broker_url, "list", "no-such-queue-" + uuid.uuid4().hex[:6])

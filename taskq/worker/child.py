@@ -25,7 +25,7 @@ from kombu.common import maybe_declare
 
 from taskq import copies, delay, events, routing, topology
 from taskq.app import App
-from taskq.broker import publish_on
+from taskq.broker import REFUSALS, connection_problem, publish_on
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task, message_body
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
@@ -37,6 +37,11 @@ log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
 RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
+# A refused login or vhost (broker.REFUSALS) is tried this many times in a row (riding out
+# a user or vhost being created just now), then the child exits with EXIT_BROKER_REFUSED
+# and the supervisor stops the worker: every child it forked would be refused the same way.
+REFUSED_ATTEMPTS = 3
+EXIT_BROKER_REFUSED = os.EX_CONFIG
 
 
 @dataclass
@@ -96,18 +101,27 @@ class ChildWorker(Settling):
 
     def run(self) -> int:
         backoff = 0.5
+        refusals = 0
         while not self.stopping:
             connection = self.app.broker.connect(heartbeat=self.app.heartbeat)
             try:
-                connection.ensure_connection(max_retries=1)
-                backoff = 0.5
+                try:
+                    connection.ensure_connection(max_retries=1)
+                except REFUSALS as exc:
+                    refusals += 1
+                    if refusals >= REFUSED_ATTEMPTS:
+                        log.error("broker refused the connection: giving up", attempts=refusals,
+                                  error=connection_problem(self.app.broker.masked_url, exc))
+                        return EXIT_BROKER_REFUSED
+                    raise
+                backoff, refusals = 0.5, 0
                 self._serve(connection)
             except self.app.broker.connection_errors as exc:
                 # Deliveries of the dead channel can't be acked: the broker requeued them.
                 self._inbox.clear()
                 pause = random.uniform(backoff / 2, backoff)  # spread a fleet's reconnects
                 log.warning(
-                    "broker connection lost, reconnecting",
+                    "broker refused the connection, retrying" if refusals else "broker connection lost, reconnecting",
                     broker=self.app.broker.masked_url,
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in=round(pause, 1),
