@@ -16,7 +16,7 @@ from taskq.cli_common import UserError, app_from_option, app_option, broker_opti
 from taskq.cli_dead import dead
 from taskq.cli_ops import OPERATOR_COMMANDS
 from taskq.dashboard.cli import dashboard  # imports Starlette and uvicorn only when it runs
-from taskq.errors import ConfigurationError
+from taskq.errors import BrokerError, ConfigurationError
 from taskq.logs import LEVELS, configure_logging
 
 
@@ -42,6 +42,9 @@ class OneLineErrorsGroup(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
+        except BrokerError as exc:  # e.g. a damaged embedded broker file: it says which and what to do
+            click.ClickException(str(exc)).show()
+            sys.exit(1)
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)

@@ -12,6 +12,11 @@ class ConfigurationError(TaskqError):
     """The app, a task or the command line was set up wrongly (bad -A path, bad option)."""
 
 
+class BrokerError(TaskqError):
+    """The broker itself is at fault, not a task or its message: say, an embedded broker
+    file that is damaged, replaced or not ours, which taskq refuses rather than overwrite."""
+
+
 class PublishError(TaskqError):
     """The broker did not confirm a publish, even after the bounded retry."""
 

@@ -34,7 +34,7 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-from taskq.embedded import deadletter, default_database_path
+from taskq.embedded import brokerfile, deadletter, default_database_path
 from taskq.embedded.processes import current_process
 from taskq.embedded.routing import EXCHANGE_TYPES
 from taskq.embedded.store import (
@@ -472,6 +472,9 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         self.path = database_path(client.hostname)
         self.confirm_publish = bool(client.transport_options.get("confirm_publish"))
+        # Here, not at the first query: taskq builds a transport before it forks a worker's
+        # children or publishes, so a bad file is refused once, in one line (brokerfile.py).
+        brokerfile.ensure(self.path)
         self.store = BrokerStore(self.path)
         self.owner = current_process()
         self.serial = next(_serials)
