@@ -218,8 +218,9 @@ def test_a_new_store_is_created_once_by_racing_processes(tmp_path: Path) -> None
     assert [p.name for p in path.parent.iterdir() if not p.name.startswith("broker.db")] == []
 
 
-def test_a_store_damaged_while_in_use_stops_the_worker(tmp_path: Path) -> None:
-    """Truncated under a running worker: the children say so and the worker exits, no crash loop."""
+def test_a_store_deleted_while_in_use_stops_the_worker(tmp_path: Path) -> None:
+    """Deleted under a running worker, which SQLite would not notice (it goes on with the
+    unlinked file): the child says so, and the worker exits instead of starting another."""
     path = make_store(tmp_path)
     url = f"taskq+sqlite://{path}"
     stderr_path = tmp_path / "worker.err"
@@ -230,10 +231,13 @@ def test_a_store_damaged_while_in_use_stops_the_worker(tmp_path: Path) -> None:
         )
     try:
         with closing(sqlite3.connect(path, isolation_level=None)) as db:
-            wait_until(lambda: db.execute("SELECT count(*) FROM consumers").fetchone()[0] > 0, timeout=60,
+            wait_until(lambda: db.execute("SELECT count(*) FROM consumers WHERE queue = 'default'").fetchone()[0] > 0, timeout=60,
                        what="the worker's consumer")
-        truncate_to_zero(path)
-        worker.wait(timeout=60)
+        path.unlink()
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the worker kept running on a deleted store:\n{stderr_path.read_text()[-3000:]}")
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -242,4 +246,5 @@ def test_a_store_damaged_while_in_use_stops_the_worker(tmp_path: Path) -> None:
     assert worker.returncode != 0, stderr
     assert "Traceback" not in stderr, stderr
     assert str(path) in stderr and "child died, starting another" not in stderr, stderr
-    assert path.stat().st_size == 0
+    assert "deleted while in use" in stderr, stderr
+    assert not path.exists(), "a new store was made in its place"

@@ -26,8 +26,8 @@ from urllib.parse import quote
 from taskq.embedded.errors import BrokerFileError, BrokerUnavailableError
 from taskq.embedded.schema import APPLICATION_ID, SCHEMA_VERSION, create_or_upgrade
 
-#: The tables of a store made before the header was stamped (schema versions 1 and 2).
-LEGACY_TABLES = {"exchanges", "queues", "bindings", "messages", "consumers"}
+#: The tables that mark a store made before the header was stamped (schema versions 1 and 2).
+LEGACY_TABLES = {"queues", "messages"}
 
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -35,6 +35,7 @@ _SQLITE_READONLY = 8
 _SQLITE_TRANSIENT = {10, 13, 14}  # IOERR, FULL, CANTOPEN: may pass, treated like a broker down
 
 _RESTORE = "restore it from a backup, or move it away to start an empty broker"
+_DELETED = "restore it from a backup, or restart every taskq process to start an empty broker"
 
 #: path -> (st_dev, st_ino) of the file this process checked in full; forked children inherit it.
 _checked: dict[str, tuple[int, int]] = {}
@@ -51,6 +52,8 @@ def ensure(path: str) -> None:
         try:
             info = os.stat(path)
         except FileNotFoundError:
+            if path in _checked:  # this process used it: someone deleted it under us
+                raise BrokerFileError(f"broker file {path} was deleted while in use: {_DELETED}") from None
             _create(path)
             info = os.stat(path)
         except OSError as exc:
@@ -69,6 +72,36 @@ def connect(path: str) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise translate(exc, path) from None
+
+
+def identity(path: str) -> tuple[tuple[int, int], int] | None:
+    """Which file is at the path now (device, inode), and its size; None if none is."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino), info.st_size
+
+
+def check_still_there(path: str, opened: tuple[int, int], size_seen: int) -> int:
+    """The file a connection opened is still the one at the path, no shorter than it was
+    (a store never shrinks: nothing vacuums it); returns its size now."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise BrokerFileError(f"broker file {path} was deleted while in use: {_DELETED}") from None
+    except OSError:
+        return size_seen
+    if (info.st_dev, info.st_ino) != opened:
+        raise BrokerFileError(
+            f"broker file {path} was replaced while in use: stop every taskq process that used it "
+            "(what they wrote since went into the old file), then start them again"
+        )
+    if info.st_size < size_seen:
+        raise BrokerFileError(
+            f"broker file {path} was truncated while in use ({size_seen} bytes, now {info.st_size}): {_RESTORE}"
+        )
+    return info.st_size
 
 
 def needs_upgrade(db: sqlite3.Connection, path: str) -> bool:

@@ -92,6 +92,7 @@ class StoredExchange(NamedTuple):
 
 
 _inherited_handles: list[sqlite3.Connection] = []
+_abandoned_handles: list[sqlite3.Connection | None] = []
 
 
 _open_stores: weakref.WeakSet[BrokerStore] = weakref.WeakSet()
@@ -134,6 +135,7 @@ class BrokerStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        self._file_identity: tuple[tuple[int, int], int] | None = None
         #: Set by the max-length trigger when it marks messages dead: they need a pass.
         self.dead_pending = False
         #: Queues that refused the message being published (x-overflow: reject-publish).
@@ -161,6 +163,7 @@ class BrokerStore:
                 db.close()
                 raise
             self._db, self._db_pid = db, os.getpid()
+            self._file_identity = brokerfile.identity(self.path)  # after the open: the file it opened
             _open_stores.add(self)
         return self._db
 
@@ -181,6 +184,23 @@ class BrokerStore:
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                raise
+
+    def check_file(self) -> None:
+        """Raise BrokerFileError if the file was deleted, replaced or emptied under the open
+        connection: SQLite would go on serving the old one from its cache and WAL, and
+        this process would run apart from every process that opens the path afresh."""
+        if self._file_identity is None or self._db_pid != os.getpid():
+            return
+        with self._lock:
+            opened, size_seen = self._file_identity
+            try:
+                self._file_identity = opened, brokerfile.check_still_there(self.path, opened, size_seen)
+            except BrokerFileError:
+                # Never closed: closing the last handle checkpoints the WAL into whatever
+                # is at the path now, writing over the evidence.
+                _abandoned_handles.append(self._db)
+                self._db = None
                 raise
 
     def close(self) -> None:

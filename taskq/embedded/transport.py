@@ -518,6 +518,7 @@ class Transport(virtual.Transport):
         now = time.monotonic()
         if force or now >= self._next_reap:
             self._next_reap = now + REAP_EVERY_SECONDS
+            self.store.check_file()
             self.wake(self.store.reap_dead_owners())
             self.move_due()  # a dead owner's message may be past its delivery limit
 

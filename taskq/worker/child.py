@@ -26,6 +26,7 @@ from kombu.common import maybe_declare
 from taskq import copies, delay, events, routing, topology
 from taskq.app import App
 from taskq.broker import publish_on
+from taskq.errors import BrokerError
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
@@ -36,6 +37,9 @@ log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
 RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
+#: The child's exit status when the broker itself is unusable: a replacement would die the
+#: same way, so the supervisor stops instead of starting one.
+EXIT_BROKER_UNUSABLE = 4
 
 
 @dataclass
@@ -347,4 +351,9 @@ def child_main(app: App, queue_names: list[str]) -> None:
     # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
     # delivered now, to our own handlers.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    os._exit(worker.run())
+    try:
+        exit_code = worker.run()
+    except BrokerError as exc:  # e.g. the embedded broker's file was damaged under us
+        log.error("the broker is unusable, stopping", error=str(exc))
+        exit_code = EXIT_BROKER_UNUSABLE
+    os._exit(exit_code)

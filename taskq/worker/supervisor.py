@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from taskq.app import App
-from taskq.worker.child import child_main
+from taskq.worker.child import EXIT_BROKER_UNUSABLE, child_main
 from taskq.worker.limits import EXIT_TIME_LIMIT
 
 log = structlog.get_logger("taskq.worker")
@@ -50,6 +50,7 @@ class Supervisor:
         self.options = options
         self.children: dict[int, ChildProcess] = {}
         self.signals_received = 0
+        self.broker_unusable = False
         self._context = multiprocessing.get_context("fork")
 
     def run(self) -> int:
@@ -74,7 +75,7 @@ class Supervisor:
                 if self.signals_received >= 2:
                     self._kill_children()
                     return 1
-            return 0
+            return 1 if self.broker_unusable else 0
         finally:
             signal.set_wakeup_fd(previous_wakeup)
             os.close(wakeup_read)
@@ -106,8 +107,14 @@ class Supervisor:
         child = self.children.pop(pid)
         child.process.join()
         exitcode = child.process.exitcode
-        if self.signals_received:
+        if self.signals_received or self.broker_unusable:
             log.debug("child stopped", child_pid=pid, exitcode=exitcode)
+            return
+        if exitcode == EXIT_BROKER_UNUSABLE:
+            self.broker_unusable = True
+            log.error("stopping: the broker is unusable (the child said why)", child_pid=pid)
+            for other in self.children.values():
+                self._signal_child(other, signal.SIGTERM)
             return
         if exitcode == EXIT_TIME_LIMIT:
             log.info("child ended a task past its hard time limit, starting another", child_pid=pid)
