@@ -248,3 +248,34 @@ def test_a_store_deleted_while_in_use_stops_the_worker(tmp_path: Path) -> None:
     assert str(path) in stderr and "child died, starting another" not in stderr, stderr
     assert "deleted while in use" in stderr, stderr
     assert not path.exists(), "a new store was made in its place"
+
+
+def test_a_row_damaged_inside_is_dead_lettered_and_the_rest_run(tmp_path: Path) -> None:
+    """Bytes overwritten inside one stored message, which ``quick_check`` can't see (it checks
+    the file's structure, not what a row says): that message goes to ``default.dead`` with a
+    reason, the 199 others run, and no child dies on it."""
+    path = make_store(tmp_path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("UPDATE messages SET payload = '{\"body\": \"gq\x01\x02 noise' WHERE id = "
+                   "(SELECT min(id) FROM messages WHERE queue = 'default')")
+    stderr_path = tmp_path / "worker.err"
+    with open(stderr_path, "w") as stderr_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskq", "worker", "-A", "tests.apps:app", "-c", "1", "--log-format", "console"],
+            cwd=ROOT, env={**os.environ, "TASKQ_BROKER_URL": f"taskq+sqlite://{path}"},
+            stdout=subprocess.DEVNULL, stderr=stderr_file,
+        )
+    try:
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            def queues() -> dict:
+                return dict(db.execute("SELECT queue, count(*) FROM messages GROUP BY queue").fetchall())
+
+            wait_until(lambda: queues().get("default", 0) == 0 and queues().get("default.dead") == 1, timeout=120,
+                       what=f"the damaged message dead-lettered and the rest run: {queues()}")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    stderr = stderr_path.read_text()
+    assert "child died" not in stderr and "Traceback" not in stderr, stderr
+    assert "message dead-lettered" in stderr and "x-taskq-damaged" in stderr, stderr
+    assert stderr.count("task succeeded") == QUEUED - 1

@@ -382,7 +382,7 @@ class Channel(virtual.Channel):
         delivery = self._take(queue, no_ack)
         if delivery is None:
             return None
-        message = self.Message(self._payload(delivery), channel=self)
+        message = self.Message(self._payload(delivery, queue), channel=self)
         if not no_ack:
             self.qos.append(message, message.delivery_tag)
         return message
@@ -391,16 +391,20 @@ class Channel(virtual.Channel):
         delivery = self._take(queue, queue in self._no_ack_queues)
         if delivery is None:
             raise Empty()
-        return self._payload(delivery)
+        return self._payload(delivery, queue)
 
     def _take(self, queue: str, no_ack: bool) -> Delivery | None:
         if no_ack:
             return self.store.remove_next(queue)
         return self.store.reserve_next(queue, self.owner, self.serial)
 
-    def _payload(self, delivery: Delivery) -> dict:
-        payload = loads(delivery.payload)
-        properties = payload["properties"]
+    def _payload(self, delivery: Delivery, queue: str) -> dict:
+        try:
+            payload = loads(delivery.payload)
+            properties = payload["properties"]
+        except (ValueError, TypeError, KeyError):
+            payload = _unreadable_row(delivery, queue)
+            properties = payload["properties"]
         # The tag names the row, so ack needs no lookup; the counter keeps a tag unique
         # when the same row comes back to this channel after a requeue.
         properties["delivery_tag"] = f"{delivery.row_id}.{next(self._deliveries)}"
@@ -440,6 +444,19 @@ class Channel(virtual.Channel):
             # Also rows reserved but never handed to the QoS (a callback that raised).
             self.store_release_all()
             self.store.remove_consumers(self.owner, self.serial)
+
+
+def _unreadable_row(delivery: Delivery, queue: str) -> dict:
+    """A stored message whose envelope no longer parses (bytes damaged in the file) is
+    handed over as an undecodable body, so the consumer dead-letters it with a reason,
+    as it would any malformed message, instead of the drain loop failing on it forever."""
+    return {
+        "body": delivery.payload,
+        "content-type": "application/x-taskq-damaged",
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {"delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue}},
+    }
 
 
 def _row_id(delivery_tag: str) -> int:
