@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from taskq.embedded.schema import APPLICATION_ID
 from tests.cli_helpers import taskq
 from tests.conftest import ROOT, wait_until
 
@@ -279,3 +280,16 @@ def test_a_row_damaged_inside_is_dead_lettered_and_the_rest_run(tmp_path: Path) 
     assert "child died" not in stderr and "Traceback" not in stderr, stderr
     assert "message dead-lettered" in stderr and "x-taskq-damaged" in stderr, stderr
     assert stderr.count("task succeeded") == QUEUED - 1
+
+
+def test_a_store_from_before_the_stamp_is_used_and_stamped(tmp_path: Path) -> None:
+    """A store made by an earlier taskq (no application_id in its header) is ours by its
+    tables: it keeps working, tasks and all, and gets the stamp."""
+    path = make_store(tmp_path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA application_id = 0")
+    result = python(DELAY_ONE, f"taskq+sqlite://{path}")
+    assert result.stdout.strip() == "sent", result.stderr
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert db.execute("SELECT count(*) FROM messages WHERE queue = 'default'").fetchone()[0] == QUEUED + 1
