@@ -42,6 +42,16 @@ _checked: dict[str, tuple[int, int]] = {}
 _checking = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A lock held by another of the parent's threads at fork time is never released."""
+    global _checking
+    _checking = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def ensure(path: str) -> None:
     """Create the broker file if there is none, else check it in full once per process.
 
@@ -129,7 +139,7 @@ def needs_upgrade(db: sqlite3.Connection, path: str) -> bool:
 
 def translate(exc: sqlite3.Error, path: str) -> Exception:
     """A taskq error for what SQLite said about the file, so no caller sees ``sqlite3.*``."""
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    code = _error_code(exc)
     if code in _SQLITE_TRANSIENT:
         return BrokerUnavailableError(f"cannot use broker file {path}: {exc}")
     if code == _SQLITE_READONLY:
@@ -139,6 +149,25 @@ def translate(exc: sqlite3.Error, path: str) -> Exception:
     if code == _SQLITE_CORRUPT:
         return BrokerFileError(f"broker file {path} is damaged ({exc}): {_RESTORE}")
     return BrokerFileError(f"broker file {path} cannot be used ({type(exc).__name__}: {exc}): {_RESTORE}")
+
+
+#: Python 3.10's sqlite3 errors carry no code: SQLite's own messages for the codes above.
+_CODES_BY_MESSAGE = {
+    "file is not a database": _SQLITE_NOTADB,
+    "malformed": _SQLITE_CORRUPT,
+    "readonly": _SQLITE_READONLY,
+    "disk i/o error": 10,
+    "database or disk is full": 13,
+    "unable to open": 14,
+}
+
+
+def _error_code(exc: sqlite3.Error) -> int:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF
+    text = str(exc).lower()
+    return next((code for words, code in _CODES_BY_MESSAGE.items() if words in text), 0)
 
 
 # -- creating ---------------------------------------------------------------------------
