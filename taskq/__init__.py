@@ -2,6 +2,7 @@
 
 from taskq.app import App
 from taskq.errors import (
+    BrokerError,
     ConfigurationError,
     EncodeError,
     PublishError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AsyncResult",
+    "BrokerError",
     "ConfigurationError",
     "EncodeError",
     "PublishError",

@@ -46,7 +46,8 @@ class OneLineErrorsGroup(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
-        except TaskqError as exc:  # the library said what went wrong: that line, no traceback
+        except TaskqError as exc:  # the library said what went wrong (a damaged embedded broker file
+            # says which and what to do): that line, no traceback
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)

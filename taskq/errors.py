@@ -12,6 +12,11 @@ class ConfigurationError(TaskqError):
     """The app, a task or the command line was set up wrongly (bad -A path, bad option)."""
 
 
+class BrokerError(TaskqError):
+    """The broker itself is at fault, not a task or its message: say, an embedded broker
+    file that is damaged, replaced or not ours, which taskq refuses rather than overwrite."""
+
+
 class UnsupportedTask(ConfigurationError):
     """A function taskq can't run as a task (yet): ``async def``, or a generator, whose body a call never runs."""
 

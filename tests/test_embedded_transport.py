@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import amqp.exceptions
-import kombu.exceptions
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+import taskq
 import taskq.embedded
 from taskq.embedded import default_url
 from tests.conftest import wait_until as conftest_wait_until
@@ -130,13 +130,14 @@ def test_default_url_lives_under_taskq_home(tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "home" / "broker.db").exists()
 
 
-def test_unusable_database_path_is_a_connection_error(tmp_path: Path) -> None:
+def test_unusable_database_path_is_refused_not_retried(tmp_path: Path) -> None:
+    """A path under a file is no broker now and won't be after a retry: one BrokerError
+    naming it, raised when the transport is made (before a worker forks its children)."""
     (tmp_path / "a-file").write_text("not a folder")
     connection = Connection(f"taskq+sqlite://{tmp_path}/a-file/broker.db")
-    with pytest.raises(connection.connection_errors):  # so kombu retries it like a broker that is down
-        connection.transport.establish_connection()
-    with pytest.raises(kombu.exceptions.OperationalError):  # and, once retries run out, says so
-        connection.ensure_connection(max_retries=1, interval_start=0)
+    with pytest.raises(taskq.BrokerError, match="a-file/broker.db") as refused:
+        connection.transport  # noqa: B018
+    assert not isinstance(refused.value, Connection("memory://").connection_errors)
 
 
 # -- one process -------------------------------------------------------------------------

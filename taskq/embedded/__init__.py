@@ -11,11 +11,12 @@ import os
 
 from kombu.transport import TRANSPORT_ALIASES
 
-from taskq.embedded.store import BrokerBusyError, BrokerUnavailableError, EmbeddedBrokerError
+from taskq.embedded.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 
 __all__ = [
     "SCHEME",
     "BrokerBusyError",
+    "BrokerFileError",
     "BrokerUnavailableError",
     "EmbeddedBrokerError",
     "default_database_path",

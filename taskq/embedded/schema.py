@@ -12,6 +12,8 @@ import sqlite3
 #: Stored as PRAGMA user_version; bump it when the tables change shape. CREATE ... IF NOT
 #: EXISTS adds missing tables and ``ADDED_COLUMNS`` the columns a version-1 file lacks.
 SCHEMA_VERSION = 2
+#: "tskq" in the SQLite header (offset 68): this file is a taskq broker (see brokerfile.py).
+APPLICATION_ID = 0x74736B71
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -185,6 +187,7 @@ def create_or_upgrade(db: sqlite3.Connection) -> None:
     for statement in [*_BACKFILL_COUNTS, *SCHEMA_AFTER_COLUMNS]:
         db.execute(statement)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
 def queue_settings(arguments: dict) -> tuple:

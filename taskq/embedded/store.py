@@ -23,11 +23,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
-from taskq.embedded import deadletter
+from taskq.embedded import brokerfile, deadletter
+from taskq.embedded.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 from taskq.embedded.processes import ProcessIdentity, is_alive
 from taskq.embedded.routing import publish_sql, topic_matches
-from taskq.embedded.schema import SCHEMA_VERSION, create_or_upgrade, queue_settings
-from taskq.errors import TaskqError
+from taskq.embedded.schema import create_or_upgrade, queue_settings
 
 T = TypeVar("T")
 
@@ -67,16 +67,7 @@ _RELEASE = (
 )
 
 
-class EmbeddedBrokerError(TaskqError):
-    """Base of the errors the embedded broker raises on purpose."""
-
-
-class BrokerBusyError(EmbeddedBrokerError):
-    """The database stayed locked by other processes for longer than GIVE_UP_AFTER_SECONDS."""
-
-
-class BrokerUnavailableError(EmbeddedBrokerError):
-    """The broker file cannot be opened (folder not writable, not a database, disk full)."""
+__all__ = ["BrokerBusyError", "BrokerFileError", "BrokerStore", "BrokerUnavailableError", "EmbeddedBrokerError"]
 
 
 class Delivery(NamedTuple):
@@ -101,6 +92,7 @@ class StoredExchange(NamedTuple):
 
 
 _inherited_handles: list[sqlite3.Connection] = []
+_abandoned_handles: list[sqlite3.Connection | None] = []
 
 
 _open_stores: weakref.WeakSet[BrokerStore] = weakref.WeakSet()
@@ -143,6 +135,7 @@ class BrokerStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        self._file_identity: tuple[tuple[int, int], int] | None = None
         #: Set by the max-length trigger when it marks messages dead: they need a pass.
         self.dead_pending = False
         #: Queues that refused the message being published (x-overflow: reject-publish).
@@ -154,26 +147,23 @@ class BrokerStore:
         if self._db is None or self._db_pid != os.getpid():
             if self._db is not None:  # inherited through fork: see _after_fork_in_child
                 _inherited_handles.append(self._db)
-            try:
-                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            except (OSError, sqlite3.Error) as exc:
-                raise BrokerUnavailableError(f"cannot open broker database {self.path}: {exc}") from exc
+            db = brokerfile.connect(self.path)
             try:
                 db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 db.create_function("taskq_topic_match", 2, topic_matches, deterministic=True)
                 db.create_function("taskq_dead_pending", 0, self._note_dead_pending)
                 db.create_function("taskq_refused", 1, self.refused.append)
                 self._prepare(db)
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 db.close()
-                if _is_busy(exc):
+                if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                     raise  # _run retries
-                raise BrokerUnavailableError(f"cannot use broker database {self.path}: {exc}") from exc
+                raise brokerfile.translate(exc, self.path) from None
             except BaseException:
                 db.close()
                 raise
             self._db, self._db_pid = db, os.getpid()
+            self._file_identity = brokerfile.identity(self.path)  # after the open: the file it opened
             _open_stores.add(self)
         return self._db
 
@@ -187,13 +177,30 @@ class BrokerStore:
         # power loss can drop the last commits.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA journal_size_limit = 67108864")  # shrink the WAL back after a burst
-        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        if brokerfile.needs_upgrade(db, self.path):
             db.execute("BEGIN IMMEDIATE")
             try:
                 create_or_upgrade(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                raise
+
+    def check_file(self) -> None:
+        """Raise BrokerFileError if the file was deleted, replaced or emptied under the open
+        connection: SQLite would go on serving the old one from its cache and WAL, and
+        this process would run apart from every process that opens the path afresh."""
+        if self._file_identity is None or self._db_pid != os.getpid():
+            return
+        with self._lock:
+            opened, size_seen = self._file_identity
+            try:
+                self._file_identity = opened, brokerfile.check_still_there(self.path, opened, size_seen)
+            except BrokerFileError:
+                # Never closed: closing the last handle checkpoints the WAL into whatever
+                # is at the path now, writing over the evidence.
+                _abandoned_handles.append(self._db)
+                self._db = None
                 raise
 
     def close(self) -> None:
@@ -210,9 +217,9 @@ class BrokerStore:
                 try:
                     db = self._connection()
                     return work(db)
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
+                except sqlite3.Error as exc:
+                    if not (isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)):
+                        raise brokerfile.translate(exc, self.path) from None
                     if self._db is not None and self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     if time.monotonic() > give_up_at:

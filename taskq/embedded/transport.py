@@ -34,7 +34,7 @@ from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
-from taskq.embedded import deadletter, default_database_path
+from taskq.embedded import brokerfile, deadletter, default_database_path
 from taskq.embedded.processes import current_process
 from taskq.embedded.routing import EXCHANGE_TYPES
 from taskq.embedded.store import (
@@ -390,7 +390,7 @@ class Channel(virtual.Channel):
         delivery = self._take(queue, no_ack)
         if delivery is None:
             return None
-        message = self.Message(self._payload(delivery), channel=self)
+        message = self.Message(self._payload(delivery, queue), channel=self)
         if not no_ack:
             self.qos.append(message, message.delivery_tag)
         return message
@@ -399,16 +399,20 @@ class Channel(virtual.Channel):
         delivery = self._take(queue, queue in self._no_ack_queues)
         if delivery is None:
             raise Empty()
-        return self._payload(delivery)
+        return self._payload(delivery, queue)
 
     def _take(self, queue: str, no_ack: bool) -> Delivery | None:
         if no_ack:
             return self.store.remove_next(queue)
         return self.store.reserve_next(queue, self.owner, self.serial)
 
-    def _payload(self, delivery: Delivery) -> dict:
-        payload = loads(delivery.payload)
-        properties = payload["properties"]
+    def _payload(self, delivery: Delivery, queue: str) -> dict:
+        try:
+            payload = loads(delivery.payload)
+            properties = payload["properties"]
+        except (ValueError, TypeError, KeyError):
+            payload = _unreadable_row(delivery, queue)
+            properties = payload["properties"]
         # The tag names the row, so ack needs no lookup; the counter keeps a tag unique
         # when the same row comes back to this channel after a requeue.
         properties["delivery_tag"] = f"{delivery.row_id}.{next(self._deliveries)}"
@@ -450,6 +454,19 @@ class Channel(virtual.Channel):
             self.store.remove_consumers(self.owner, self.serial)
 
 
+def _unreadable_row(delivery: Delivery, queue: str) -> dict:
+    """A stored message whose envelope no longer parses (bytes damaged in the file) is
+    handed over as an undecodable body, so the consumer dead-letters it with a reason,
+    as it would any malformed message, instead of the drain loop failing on it forever."""
+    return {
+        "body": delivery.payload,
+        "content-type": "application/x-taskq-damaged",
+        "content-encoding": "binary",
+        "headers": {},
+        "properties": {"delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue}},
+    }
+
+
 def _row_id(delivery_tag: str) -> int:
     return int(str(delivery_tag).split(".", 1)[0])
 
@@ -480,6 +497,9 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         self.path = database_path(client.hostname)
         self.confirm_publish = bool(client.transport_options.get("confirm_publish"))
+        # Here, not at the first query: taskq builds a transport before it forks a worker's
+        # children or publishes, so a bad file is refused once, in one line (brokerfile.py).
+        brokerfile.ensure(self.path)
         self.store = BrokerStore(self.path)
         self.owner = current_process()
         self.serial = next(_serials)
@@ -523,6 +543,7 @@ class Transport(virtual.Transport):
         now = time.monotonic()
         if force or now >= self._next_reap:
             self._next_reap = now + REAP_EVERY_SECONDS
+            self.store.check_file()
             self.wake(self.store.reap_dead_owners())
             self.move_due()  # a dead owner's message may be past its delivery limit
 

@@ -26,6 +26,7 @@ from kombu.common import maybe_declare
 from taskq import copies, delay, events, routing, topology
 from taskq.app import App
 from taskq.broker import REFUSALS, connection_problem, publish_on
+from taskq.errors import BrokerError
 from taskq.message import InvalidMessage, Reply, TaskMessage, decode_task, message_body
 from taskq.worker import limits
 from taskq.worker.execution import Outcome, run_task
@@ -37,11 +38,12 @@ log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
 RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
-# A refused login or vhost (broker.REFUSALS) is tried this many times in a row (riding out
-# a user or vhost being created just now), then the child exits with EXIT_BROKER_REFUSED
-# and the supervisor stops the worker: every child it forked would be refused the same way.
+#: The child's exit status when the broker itself is unusable: it refused our login or vhost
+#: (broker.REFUSALS) REFUSED_ATTEMPTS times in a row (riding out a user or vhost being created
+#: just now), or raised BrokerError (say, a damaged embedded broker file). Every child forked
+#: would die the same way, so the supervisor stops the worker instead of starting another.
 REFUSED_ATTEMPTS = 3
-EXIT_BROKER_REFUSED = os.EX_CONFIG
+EXIT_BROKER_UNUSABLE = os.EX_CONFIG
 
 
 @dataclass
@@ -112,7 +114,7 @@ class ChildWorker(Settling):
                     if refusals >= REFUSED_ATTEMPTS:
                         log.error("broker refused the connection: giving up", attempts=refusals,
                                   error=connection_problem(self.app.broker.masked_url, exc))
-                        return EXIT_BROKER_REFUSED
+                        return EXIT_BROKER_UNUSABLE
                     raise
                 backoff, refusals = 0.5, 0
                 self._serve(connection)
@@ -405,4 +407,9 @@ def child_main(app: App, queue_names: list[str], supervisor_pid: int) -> None:
     # The supervisor forked us with stop signals blocked; any that arrived meanwhile are
     # delivered now, to our own handlers.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-    os._exit(worker.run())
+    try:
+        exit_code = worker.run()
+    except BrokerError as exc:  # e.g. the embedded broker's file was damaged under us
+        log.error("the broker is unusable, stopping", error=str(exc))
+        exit_code = EXIT_BROKER_UNUSABLE
+    os._exit(exit_code)

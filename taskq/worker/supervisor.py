@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from taskq.app import App
-from taskq.worker.child import EXIT_BROKER_REFUSED, child_main
+from taskq.worker.child import EXIT_BROKER_UNUSABLE, child_main
 from taskq.worker.limits import EXIT_TIME_LIMIT
 
 log = structlog.get_logger("taskq.worker")
@@ -50,7 +50,7 @@ class Supervisor:
         self.options = options
         self.children: dict[int, ChildProcess] = {}
         self.signals_received = 0
-        self.refused = False  # a child gave up on a broker that refuses it: stop, exit 1
+        self.broker_unusable = False  # a child found the broker unusable: stop, exit 1
         self._context = multiprocessing.get_context("fork")
 
     def run(self) -> int:
@@ -75,7 +75,7 @@ class Supervisor:
                 if self.signals_received >= 2:
                     self._kill_children()
                     return 1
-            return 1 if self.refused else 0
+            return 1 if self.broker_unusable else 0
         finally:
             signal.set_wakeup_fd(previous_wakeup)
             os.close(wakeup_read)
@@ -109,13 +109,13 @@ class Supervisor:
         child = self.children.pop(pid)
         child.process.join()
         exitcode = child.process.exitcode
-        if self.signals_received or self.refused:
+        if self.signals_received or self.broker_unusable:
             log.debug("child stopped", child_pid=pid, exitcode=exitcode)
             return
-        if exitcode == EXIT_BROKER_REFUSED:
-            log.error("stopping the worker: the broker refused a child's connection, as it would every new one's",
+        if exitcode == EXIT_BROKER_UNUSABLE:
+            log.error("stopping the worker: the broker is unusable (the child said why), as it would be for every new child",
                       child_pid=pid, broker=self.app.broker.masked_url)
-            self.refused = True
+            self.broker_unusable = True
             for other in self.children.values():
                 self._signal_child(other, signal.SIGTERM)
             return
