@@ -113,7 +113,7 @@ class Supervisor:
             log.debug("child stopped", child_pid=pid, exitcode=exitcode)
             return
         if exitcode == EXIT_BROKER_UNUSABLE:
-            log.error("stopping the worker: the broker is unusable (the child said why), as it would be for every new child",
+            log.error("stopping the worker: the broker refused a child or is unusable (the child said why), as it would every new child",
                       child_pid=pid, broker=self.app.broker.masked_url)
             self.broker_unusable = True
             for other in self.children.values():
