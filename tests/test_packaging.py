@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.parser
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import zipfile
 from tests.conftest import ROOT
 
 DISTRIBUTION = "taskq-rabbitmq"  # "taskq" on the package index is an unrelated project
+BARE_NAME_INSTALL = re.compile(r"pip install\s+['\"]?taskq(?![\w-])")  # would fetch that other project
 
 
 def test_the_wheel_carries_its_name_licence_and_py_typed(tmp_path):
@@ -40,3 +42,15 @@ def test_the_wheel_carries_its_name_licence_and_py_typed(tmp_path):
     assert "Typing :: Typed" in classifiers
     assert not [c for c in classifiers if c.startswith("License ::")], "the SPDX expression replaces licence classifiers"
     assert metadata.get_all("Project-URL")
+
+
+def test_no_install_line_names_the_other_project():
+    """Every ``pip install`` a user is shown, in the docs or in a message, names our distribution."""
+    shown = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "taskq").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in shown
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if BARE_NAME_INSTALL.search(line)
+    ]
+    assert not wrong, "pip install of the unrelated 'taskq':\n" + "\n".join(wrong)
