@@ -15,7 +15,7 @@ from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.results import AsyncResult, ReplyListener
 from taskq.retry import RetryRules
-from taskq.task import Task, TaskOptions, refuse_unrunnable
+from taskq.task import Params, Returns, Task, TaskOptions, refuse_unrunnable
 
 
 class App:
@@ -57,7 +57,7 @@ class App:
         self.default_queue = default_queue
         self.heartbeat = heartbeat
         self.max_priority = max_priority
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task[..., Any]] = {}
         self.routing = routing.Routing()
         self._explicit_broker_url = broker
         self._broker: Broker | None = None
@@ -138,8 +138,9 @@ class App:
 
     # -- tasks ---------------------------------------------------------------------------
 
+    # Both forms keep the function's signature on the Task (see taskq.task.Task).
     @overload
-    def task(self, function: Callable[..., Any]) -> Task: ...
+    def task(self, function: Callable[Params, Returns]) -> Task[Params, Returns]: ...
 
     @overload
     def task(
@@ -157,11 +158,11 @@ class App:
         soft_time_limit: float | None = None,
         exchange: str | None = None,
         routing_key: str | None = None,
-    ) -> Callable[[Callable[..., Any]], Task]: ...
+    ) -> Callable[[Callable[Params, Returns]], Task[Params, Returns]]: ...
 
     def task(
         self,
-        function=None,
+        function: Callable[..., Any] | None = None,
         *,
         name=None,
         queue=None,
@@ -187,7 +188,7 @@ class App:
         that exchange instead, to whichever queues ``app.bind`` bound to it.
         """
 
-        def register(fn: Callable[..., Any]) -> Task:
+        def register(fn: Callable[Params, Returns]) -> Task[Params, Returns]:
             try:
                 options = TaskOptions(
                     name=name or default_task_name(fn),

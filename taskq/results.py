@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kombu import Consumer
 
@@ -41,6 +41,7 @@ _LOST = object()  # stored instead of a Reply when the reply connection broke
 READ_SLICE = 1.0  # seconds a reader blocks at most before it looks at its deadline and heartbeats
 KEEP_INTERVAL = 1.0  # seconds between the keeper's reads while nobody waits
 POLL = 0.0005  # seconds: a read that only collects what has already arrived
+Result = TypeVar("Result")  # the task function's return type (see taskq.task.Task)
 
 
 class ReplyListener:
@@ -207,7 +208,7 @@ class ReplyListener:
                 self._read_as_leader(POLL)
 
 
-class AsyncResult:
+class AsyncResult(Generic[Result]):
     """A handle on one task's eventual result."""
 
     def __init__(self, task_id: str, task_name: str, listener: ReplyListener | None) -> None:
@@ -223,7 +224,7 @@ class AsyncResult:
     def ready(self) -> bool:
         return self._listener is not None and self._listener.is_ready(self.id)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> Result:
         """The task's return value; TaskError if it raised, TimeoutError if nothing came in time.
 
         Safe to call again after a TimeoutError, and from any thread.

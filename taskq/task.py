@@ -8,7 +8,7 @@ import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
 from taskq import delay
 from taskq.errors import UnsupportedTask
@@ -18,6 +18,9 @@ from taskq.retry import RetryRules
 if TYPE_CHECKING:
     from taskq.app import App
     from taskq.results import AsyncResult
+
+Params = ParamSpec("Params")  # the decorated function's parameters
+Returns = TypeVar("Returns")  # what it returns, and so what ``AsyncResult.get()`` gives back
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,16 @@ def refuse_unrunnable(function: Callable[..., Any], label: str) -> None:
         )
 
 
-class Task:
-    """Wraps a function: calling it runs it here, ``delay``/``apply_async`` send it to a worker."""
+class Task(Generic[Params, Returns]):
+    """Wraps a function: calling it runs it here, ``delay``/``apply_async`` send it to a worker.
 
-    def __init__(self, app: App, function: Callable[..., Any], options: TaskOptions) -> None:
+    Generic over the function's signature, so a type checker holds ``delay`` to the
+    function's parameters and knows what ``delay(...).get()`` returns: a wrong argument
+    is caught before it becomes a dead letter. ``apply_async`` takes the arguments as a
+    tuple and a dict, which no checker can match to a signature.
+    """
+
+    def __init__(self, app: App, function: Callable[Params, Returns], options: TaskOptions) -> None:
         self.app = app
         self.function = function
         self.options = options
@@ -77,16 +86,16 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.options.queue}>"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Params.args, **kwargs: Params.kwargs) -> Returns:
         return self.function(*args, **kwargs)
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: Params.args, **kwargs: Params.kwargs) -> AsyncResult[Returns]:
         """Send with default options; returns once the broker has confirmed the message."""
         return self.apply_async(args, kwargs)
 
     def apply_async(
         self,
-        args: tuple | list = (),
+        args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
         queue: str | None = None,
@@ -96,7 +105,7 @@ class Task:
         countdown: float | None = None,
         eta: dt.datetime | None = None,
         routing_key: str | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Returns]:
         """Send with options. ``expires`` is seconds from now or an aware datetime: a message
         reaching a worker later than that is dead-lettered with reason ``expired``.
 
@@ -129,7 +138,7 @@ class Task:
         )
 
 
-    def map(self, arguments: Iterable[tuple | list], *, queue: str | None = None) -> list[AsyncResult]:
+    def map(self, arguments: Iterable[tuple[Any, ...] | list[Any]], *, queue: str | None = None) -> list[AsyncResult[Returns]]:
         """Send one task per item (each item is that task's positional arguments), as a burst.
 
         Much faster than a loop of ``delay`` for large bursts: publisher confirms are

@@ -280,7 +280,7 @@ def test_without_the_extra_the_command_says_what_to_install():
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 2 and result.stderr.startswith("Error: "), result.stderr
-    assert result.stderr.count("\n") == 1 and "install taskq[dashboard]" in result.stderr
+    assert result.stderr.count("\n") == 1 and "install 'taskq-rabbitmq[dashboard]'" in result.stderr
 
 
 def test_a_port_in_use_is_a_user_error(dashboard_deps):

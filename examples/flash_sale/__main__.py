@@ -47,7 +47,7 @@ def write_chart(samples: list[tuple[float, int]], path: Path) -> str:
     try:
         import matplotlib
     except ImportError:
-        return "chart skipped: matplotlib is not installed (pip install 'taskq[plot]')"
+        return "chart skipped: matplotlib is not installed (pip install 'taskq-rabbitmq[plot]')"
     matplotlib.use("Agg")
     from matplotlib import pyplot
 

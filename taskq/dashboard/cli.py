@@ -84,7 +84,7 @@ def dashboard(app_path: str, broker: str | None, queues: str | None, host: str, 
     try:
         from taskq.dashboard.app import serve
     except ImportError:
-        raise UserError("taskq dashboard needs Starlette and uvicorn: pip install taskq[dashboard]") from None
+        raise UserError("taskq dashboard needs Starlette and uvicorn: pip install 'taskq-rabbitmq[dashboard]'") from None
     from taskq.logs import configure_logging
 
     configure_logging("info", "auto")

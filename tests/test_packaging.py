@@ -1,0 +1,56 @@
+"""The wheel people install says what it is: its name on the index, its licence, and that it is typed."""
+
+from __future__ import annotations
+
+import email.parser
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import ROOT
+
+DISTRIBUTION = "taskq-rabbitmq"  # "taskq" on the package index is an unrelated project
+BARE_NAME_INSTALL = re.compile(r"pip install\s+['\"]?taskq(?![\w-])")  # would fetch that other project
+
+
+def test_the_wheel_carries_its_name_licence_and_py_typed(tmp_path):
+    # Built from a copy: setuptools builds in the source tree, and a build/ left there from an
+    # earlier build would lend the wheel files the checkout no longer has.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "venv", "build", "dist", "*.egg-info", ".taskq", "__pycache__", "bench", "examples", "tests",
+    ))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata_name,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(archive.read(metadata_name).decode())
+        assert metadata["Name"] == DISTRIBUTION
+        assert metadata["License-Expression"] == "MIT"
+        assert metadata.get_all("License-File") == ["LICENSE"]
+        licence = archive.read(metadata_name.replace("METADATA", "licenses/LICENSE")).decode()
+    assert licence.startswith("MIT License") and "2026 taskq authors" in licence
+    assert "taskq/py.typed" in names, "without py.typed, mypy treats an installed taskq as untyped"
+    classifiers = metadata.get_all("Classifier")
+    assert "Typing :: Typed" in classifiers
+    assert not [c for c in classifiers if c.startswith("License ::")], "the SPDX expression replaces licence classifiers"
+    assert metadata.get_all("Project-URL")
+
+
+def test_no_install_line_names_the_other_project():
+    """Every ``pip install`` a user is shown, in the docs or in a message, names our distribution."""
+    shown = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "taskq").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in shown
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if BARE_NAME_INSTALL.search(line)
+    ]
+    assert not wrong, "pip install of the unrelated 'taskq':\n" + "\n".join(wrong)
