@@ -41,7 +41,6 @@ def test_the_wheel_carries_its_name_licence_and_py_typed(tmp_path):
     classifiers = metadata.get_all("Classifier")
     assert "Typing :: Typed" in classifiers
     assert not [c for c in classifiers if c.startswith("License ::")], "the SPDX expression replaces licence classifiers"
-    assert metadata.get_all("Project-URL")
 
 
 def test_no_install_line_names_the_other_project():
