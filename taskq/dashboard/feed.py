@@ -36,7 +36,7 @@ import structlog
 from taskq import dead, topology
 from taskq.broker import queue_counts
 from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Failure
-from taskq.errors import TaskqError
+from taskq.errors import TaskqError, UserActionError
 from taskq.message import unpack
 from taskq.status import QueueStats, with_dead_letter_queues
 from taskq.subscriber import Subscription, reconnect_delay, records
@@ -56,10 +56,6 @@ LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
 # counts thread (and the page's actions) busy.
 SCAN_PAUSE = 9
 SUBSCRIPTION_LENGTH = 10_000  # messages the broker holds for a loop that falls behind; then drops the oldest
-
-
-class UserActionError(TaskqError):
-    """An action the page asked for that can't be done (no such queue, no such dead letter)."""
 
 
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:

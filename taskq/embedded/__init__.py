@@ -11,7 +11,7 @@ import os
 
 from kombu.transport import TRANSPORT_ALIASES
 
-from taskq.embedded.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
+from taskq.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 
 __all__ = [
     "SCHEME",
