@@ -7,7 +7,6 @@ bounded retry, so task code never sees py-amqp's exception classes.
 from __future__ import annotations
 
 import os
-import random
 import re
 import socket
 import threading
@@ -22,6 +21,7 @@ from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.utils.url import parse_url
 
 from taskq import embedded
+from taskq.backoff import jittered_backoff
 from taskq.errors import ConfigurationError, FrameTooLarge, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
@@ -135,10 +135,9 @@ class RetryPolicy:
     confirm_timeout: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: producers don't reconnect in step, and
-        the whole retry window stays predictable (full jitter could shrink it to nothing)."""
-        ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
-        return random.uniform(ceiling / 2, ceiling)
+        """The pause after failed attempt number ``attempt`` (from 1): jittered so producers
+        don't reconnect in step, yet the whole retry window stays predictable."""
+        return jittered_backoff(attempt - 1, first=self.interval_start, cap=self.interval_max)
 
 
 class Budget:

@@ -23,7 +23,8 @@ from taskq.cli_common import UserError, app_option, broker_option, load, optiona
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.logs import LEVELS
 from taskq.message import unpack
-from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, reconnect_delay, records
+from taskq.backoff import reconnect_backoff
+from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, records
 
 
 max_length_option = click.option(
@@ -90,7 +91,7 @@ def run_subscription(app: App, subscription: Subscription, on_message, stop: Sto
                 raise broker_error(app, exc) from None
             if attempt == 0:
                 click.echo(f"taskq {command}: lost the broker ({type(exc).__name__}: {exc}); reconnecting", err=True)
-        pause_until = time.monotonic() + reconnect_delay(attempt)
+        pause_until = time.monotonic() + reconnect_backoff(attempt)
         attempt += 1
         while not stop() and time.monotonic() < pause_until:
             time.sleep(0.1)

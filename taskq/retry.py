@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskq.backoff import jittered_backoff
 from taskq.errors import Retry
 
 EXPLICIT_RETRY_LIMIT = 3  # how often ``raise Retry()`` may repeat when neither it nor the task set a limit
@@ -48,16 +49,10 @@ class Decision:
 
 
 def backoff(attempts: int, rules: RetryRules, rng: random.Random | None = None) -> float:
-    """Seconds before retry number ``attempts + 1``: exponential, capped, optionally jittered.
-
-    "Equal jitter": a uniform pick in the upper half of the step. Workers that failed
-    together (a database went away) then come back spread out, yet each wait still
-    grows, unlike full jitter which can retry at once.
-    """
-    step = min(rules.retry_backoff_max, rules.retry_backoff * (2**attempts))
-    if not rules.retry_jitter or step <= 0:
-        return step
-    return (rng or random).uniform(step / 2, step)
+    """Seconds before retry number ``attempts + 1``: the task's own backoff options."""
+    return jittered_backoff(
+        attempts, first=rules.retry_backoff, cap=rules.retry_backoff_max, jitter=rules.retry_jitter, rng=rng
+    )
 
 
 def decide(rules: RetryRules, exc: BaseException, attempts: int, rng: random.Random | None = None) -> Decision:

@@ -9,7 +9,6 @@ falls behind loses its oldest lines; the workers never notice.
 from __future__ import annotations
 
 import json
-import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -24,12 +23,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_LENGTH = 10_000
 PREFETCH = 100  # acked one by one: a stopped listener holds at most this many besides its queue
-
-
-def reconnect_delay(attempt: int) -> float:
-    """0.5 s doubling to 10 s, jittered in the upper half, so listeners don't reconnect in step."""
-    ceiling = min(10.0, 0.5 * 2**attempt)
-    return random.uniform(ceiling / 2, ceiling)
 
 
 def records(message: Any) -> Iterator[dict[str, Any]]:

@@ -17,7 +17,7 @@ reads it.
   (replay, purge), one at a time, so a peek never hides a dead letter from a replay
   running beside it.
 
-Each loop reconnects by itself with a capped, jittered backoff (0.5 s doubling to 10 s,
+Each loop reconnects by itself with a capped, jittered backoff (taskq.backoff.reconnect_backoff,
 as workers do) and reports itself up or down; the page shows "broker: down" while any is.
 """
 
@@ -39,7 +39,8 @@ from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Fa
 from taskq.errors import TaskqError, UserActionError
 from taskq.message import unpack
 from taskq.status import QueueStats, with_dead_letter_queues
-from taskq.subscriber import Subscription, reconnect_delay, records
+from taskq.backoff import reconnect_backoff
+from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -154,7 +155,7 @@ class Feed:
                     log.warning("dashboard lost the broker; reconnecting", loop=name, broker=self.broker.masked_url, error=problem)
                 if name == "counts":
                     self._fail_pending_actions(problem)
-            self.stopping.wait(reconnect_delay(attempt))
+            self.stopping.wait(reconnect_backoff(attempt))
             attempt += 1
 
     def _serve_workers(self, connected: Callable[[], None]) -> None:

@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 from taskq.embedded import brokerfile, deadletter
-from taskq.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 from taskq.embedded.processes import ProcessIdentity, is_alive
-from taskq.embedded.routing import publish_sql, topic_matches
+from taskq.embedded.routing import publish_sql
 from taskq.embedded.schema import create_or_upgrade, queue_settings
+from taskq.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
+from taskq.topics import topic_matches
 
 T = TypeVar("T")
 
