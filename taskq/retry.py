@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskq import settings
 from taskq.backoff import jittered_backoff
 from taskq.errors import Retry
+from taskq.settings import EXPLICIT_RETRY_LIMIT
 
-EXPLICIT_RETRY_LIMIT = 3  # how often ``raise Retry()`` may repeat when neither it nor the task set a limit
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,9 @@ class RetryRules:
     """
 
     max_retries: int | None = None
-    retry_backoff: float = 1.0
-    retry_backoff_max: float = 600.0
-    retry_jitter: bool = True
+    retry_backoff: float = settings.RETRY_BACKOFF
+    retry_backoff_max: float = settings.RETRY_BACKOFF_MAX
+    retry_jitter: bool = settings.RETRY_JITTER
     retry_for: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:

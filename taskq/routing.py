@@ -23,7 +23,7 @@ from kombu import Exchange, binding
 
 from taskq import topology
 from taskq.errors import ConfigurationError
-from taskq.message import TaskMessage
+from taskq.message import TaskMessage, unpack
 from taskq.topics import topic_matches
 
 EVENT_TASK = "taskq.event"  # the task name every user event carries on the wire
@@ -123,3 +123,9 @@ def address(message: TaskMessage, queue: str) -> TaskMessage:
     if message.task == EVENT_TASK and queue.startswith(topology.EVENT_QUEUE_PREFIX):
         return replace(message, task=queue)
     return message
+
+
+def event_payload(body: Any) -> Any:
+    """The payload of a user event as it travels (a task message whose args are ``[topic,
+    payload]``); raises for a body that is not one."""
+    return unpack(body).get("args", [None, None])[1]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from taskq import dead, topology
+from taskq import dead, settings, topology
 from taskq.broker import queue_counts
 from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Failure
 from taskq.errors import TaskqError, UserActionError
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("taskq.dashboard")
 
-REFRESH_INTERVAL = 1.0  # seconds between queue counts
 DEAD_LETTERS_SHOWN = 50  # per queue, the newest: the page is for a look, `taskq dead list` for the full list
 LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
 # Finding the newest dead letters reads the whole .dead queue: after a read that took d
@@ -192,7 +191,7 @@ class Feed:
             dead_seen: dict[str, int | None] = {}
             while not self.stopping.is_set():
                 self._refresh(connection, dead_seen)
-                self.refresh_now.wait(REFRESH_INTERVAL)
+                self.refresh_now.wait(settings.DASHBOARD_REFRESH_INTERVAL)
                 self.refresh_now.clear()
                 while not self.actions.empty():
                     self._run(connection, self.actions.get_nowait())
