@@ -44,6 +44,7 @@ app_option = click.option(
     "-A", "--app", "app_path", envvar=settings.APP_ENV, required=True, metavar="MODULE:APP",
     help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
 )
+yes_option = click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
 broker_option = click.option(
     "--broker", envvar=settings.BROKER_URL_ENV, default=None, metavar="URL",
     help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",

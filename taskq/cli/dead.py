@@ -12,7 +12,7 @@ from typing import Iterator
 import click
 
 from taskq.broker import Broker
-from taskq.cli.common import UserError, broker_option, load, optional_app_option
+from taskq.cli.common import UserError, broker_option, load, optional_app_option, yes_option
 from taskq.dead import DeadLetter, NoSuchQueue, count_dead, list_dead, purge, replay
 
 
@@ -83,7 +83,7 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
 @click.argument("queue")
 @optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
-@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@yes_option
 def purge_command(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
     """Delete every message in QUEUE.dead (after asking, unless --yes): they are gone for good."""
     dead_broker = broker_from_options(app_path, broker)

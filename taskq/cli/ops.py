@@ -17,7 +17,7 @@ import click
 from taskq import settings, topology
 from taskq.app import App
 from taskq.broker import connection_problem, queue_counts
-from taskq.cli.common import UserError, app_option, broker_option, load, optional_app_option, split_queue_names
+from taskq.cli.common import UserError, app_option, broker_option, load, optional_app_option, split_queue_names, yes_option
 from taskq.errors import TaskError, TaskqError, Unroutable
 from taskq.log_tail import LogPrinter
 from taskq.logs import LEVELS
@@ -162,7 +162,7 @@ def status(app_path: str, broker: str | None, queues: str | None, listen: float,
 @click.argument("queue")
 @optional_app_option("Use this App's broker (env TASKQ_APP).")
 @broker_option
-@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@yes_option
 def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
     """Delete every ready message in QUEUE (messages being worked on are not touched)."""
     app = load(app_path, broker)
