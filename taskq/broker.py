@@ -187,8 +187,8 @@ class Outgoing:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
-CONFIRM_WINDOW = 1000  # unconfirmed messages a bulk publish lets in flight before it waits
-POOL_WAIT = 30.0  # seconds a publish waits for a free pooled connection, within its budget
+CONFIRM_WINDOW = settings.PUBLISH_CONFIRM_WINDOW
+POOL_WAIT = settings.PUBLISH_POOL_WAIT
 
 
 class Broker:

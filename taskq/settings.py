@@ -4,6 +4,8 @@ Other modules import their defaults from here, so a default is written once and 
 is the list to read; docs/configuration.md explains each, and
 tests/test_configuration_doc.py checks the two agree. Values are plain constants: an app
 changes them through ``App(...)``, an option or a variable, never by assigning here.
+Timings that follow from one module's own mechanism (the embedded broker's SQLite pauses,
+a reader's poll slice) stay beside that code, with the reason.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ PUBLISH_DEADLINE = 10.0
 PUBLISH_CONNECT_TIMEOUT = 4.0
 #: Seconds to wait for the broker's confirm of one publish.
 PUBLISH_CONFIRM_TIMEOUT = 10.0
+#: Seconds a publish waits for a free pooled connection, within its budget.
+PUBLISH_POOL_WAIT = 30.0
+#: Unconfirmed messages a bulk publish (``send_many``) lets in flight before it waits.
+PUBLISH_CONFIRM_WINDOW = 1000
+
+# -- what a dead letter keeps (taskq.copies) ---------------------------------------------
+
+#: Characters of a failure's traceback kept (the end): AMQP headers must fit one frame.
+DEAD_LETTER_MAX_TRACEBACK = 8000
+#: Characters of a failure's exception message, or a rejection's detail, kept.
+DEAD_LETTER_MAX_MESSAGE = 2000
+
+# -- delays (taskq.delay) ----------------------------------------------------------------
+
+#: Seconds a message may arrive before its eta (clock skew) and still run, not re-delayed.
+ETA_EARLY_TOLERANCE = 1.0
+
+# -- the embedded broker ------------------------------------------------------------------
+
+#: Seconds the embedded broker retries a database locked by other processes, then BrokerBusyError.
+EMBEDDED_GIVE_UP_AFTER = 60.0
 
 # -- retrying a failed task (taskq.retry.RetryRules; @app.task's own defaults match) -----
 
@@ -90,3 +113,13 @@ DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8000
 #: Seconds between the dashboard's queue counts.
 DASHBOARD_REFRESH_INTERVAL = 1.0
+#: Dead letters the page shows per queue, the newest (``taskq dead list`` has them all).
+DASHBOARD_DEAD_LETTERS_SHOWN = 50
+#: Log lines the page keeps and shows.
+DASHBOARD_LOG_LINES_KEPT = 500
+#: Seconds of one bar of the throughput chart.
+DASHBOARD_BUCKET_SECONDS = 5
+#: Bars of the throughput chart (72 of 5 s: six minutes).
+DASHBOARD_BUCKETS = 72
+#: Seconds the page waits for a replay or purge it asked for.
+DASHBOARD_ACTION_TIMEOUT = 60.0

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("taskq.dashboard")
 
-DEAD_LETTERS_SHOWN = 50  # per queue, the newest: the page is for a look, `taskq dead list` for the full list
+DEAD_LETTERS_SHOWN = settings.DASHBOARD_DEAD_LETTERS_SHOWN
 LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
 # Finding the newest dead letters reads the whole .dead queue: after a read that took d
 # seconds, that queue isn't read again for SCAN_PAUSE * d, so a huge one can't keep the
