@@ -9,7 +9,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable, overload
 
-from taskq import delay, routing, topology
+from taskq import delay, routing, settings, topology
 from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
@@ -34,13 +34,13 @@ class App:
 
     def __init__(
         self,
-        name: str = "taskq",
+        name: str = settings.APP_NAME,
         *,
         broker: str | None = None,
-        default_queue: str = "default",
-        heartbeat: float = 30.0,
+        default_queue: str = settings.DEFAULT_QUEUE,
+        heartbeat: float = settings.HEARTBEAT,
         max_priority: int | None = None,
-        queue_type: str = "classic",
+        queue_type: str = settings.QUEUE_TYPE,
         delivery_limit: int | None = None,
     ) -> None:
         if queue_type not in topology.QUEUE_TYPES:

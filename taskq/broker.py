@@ -7,7 +7,6 @@ bounded retry, so task code never sees py-amqp's exception classes.
 from __future__ import annotations
 
 import os
-import random
 import re
 import socket
 import threading
@@ -21,7 +20,8 @@ from kombu.common import maybe_declare
 from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.utils.url import parse_url
 
-from taskq import embedded
+from taskq import embedded, settings
+from taskq.backoff import jittered_backoff
 from taskq.errors import ConfigurationError, FrameTooLarge, PublishError, Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
 
@@ -50,7 +50,7 @@ def resolve_broker_url(explicit: str | None = None) -> str:
     The embedded broker (a SQLite file under ./.taskq, or $TASKQ_HOME) needs no server,
     so taskq works on a fresh machine; point it at RabbitMQ for production.
     """
-    return explicit or os.environ.get("TASKQ_BROKER_URL") or embedded.default_url()
+    return explicit or os.environ.get(settings.BROKER_URL_ENV) or embedded.default_url()
 
 
 def is_embedded(url: str) -> bool:
@@ -127,18 +127,17 @@ class RetryPolicy:
     own connect and confirm timeouts in turn.
     """
 
-    max_retries: int = 6
-    interval_start: float = 0.2
-    interval_max: float = 3.0
-    deadline: float = 10.0  # seconds for one send, all of its steps and attempts
-    connect_timeout: float = 4.0  # seconds for one attempt's TCP connect and AMQP handshake
-    confirm_timeout: float = 10.0
+    max_retries: int = settings.PUBLISH_MAX_RETRIES
+    interval_start: float = settings.PUBLISH_INTERVAL_START
+    interval_max: float = settings.PUBLISH_INTERVAL_MAX
+    deadline: float = settings.PUBLISH_DEADLINE  # seconds for one send, all of its steps and attempts
+    connect_timeout: float = settings.PUBLISH_CONNECT_TIMEOUT  # one attempt's TCP connect and AMQP handshake
+    confirm_timeout: float = settings.PUBLISH_CONFIRM_TIMEOUT
 
     def delay(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: producers don't reconnect in step, and
-        the whole retry window stays predictable (full jitter could shrink it to nothing)."""
-        ceiling = min(self.interval_max, self.interval_start * (2 ** (attempt - 1)))
-        return random.uniform(ceiling / 2, ceiling)
+        """The pause after failed attempt number ``attempt`` (from 1): jittered so producers
+        don't reconnect in step, yet the whole retry window stays predictable."""
+        return jittered_backoff(attempt - 1, first=self.interval_start, cap=self.interval_max)
 
 
 class Budget:
@@ -188,8 +187,8 @@ class Outgoing:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
-CONFIRM_WINDOW = 1000  # unconfirmed messages a bulk publish lets in flight before it waits
-POOL_WAIT = 30.0  # seconds a publish waits for a free pooled connection, within its budget
+CONFIRM_WINDOW = settings.PUBLISH_CONFIRM_WINDOW
+POOL_WAIT = settings.PUBLISH_POOL_WAIT
 
 
 class Broker:

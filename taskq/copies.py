@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskq import settings
 from taskq.message import Reply, TaskMessage
 
 # Added by RabbitMQ on dead-lettering and quorum redelivery: they describe the old
@@ -14,8 +15,8 @@ BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-deliv
 # What a dead letter says beyond the task's own headers; a replay removes them again.
 DEAD_LETTER_HEADERS = ("reason", "detail", "original_queue", "exc_type", "exc_message", "traceback")
 CARRIED_PROPERTIES = ("correlation_id", "reply_to", "message_id", "priority")
-MAX_TRACEBACK = 8000  # characters; AMQP headers must fit one frame (128 KiB by default)
-MAX_MESSAGE = 2000
+MAX_TRACEBACK = settings.DEAD_LETTER_MAX_TRACEBACK
+MAX_MESSAGE = settings.DEAD_LETTER_MAX_MESSAGE
 
 
 def own_headers(headers: Any) -> dict[str, Any]:

@@ -24,11 +24,7 @@ from kombu import Connection
 
 from taskq import copies, topology
 from taskq.broker import Broker, connection_problem, publish_on
-from taskq.errors import TaskqError
-
-
-class NoSuchQueue(TaskqError):
-    """The dead-letter queue asked for doesn't exist on the broker."""
+from taskq.errors import NoSuchQueue, TaskqError
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,11 @@ import time
 from kombu import Exchange, Queue
 from kombu.abstract import MaybeChannelBound
 
+from taskq import settings
+
 LEVELS = 32  # bits of milliseconds: up to 2**32 - 1 ms, about 49.7 days per trip
 MAX_DELAY_MS = 2**LEVELS - 1
-EARLY_TOLERANCE = 1.0  # seconds a message may arrive before its eta (clock skew) and still run
+EARLY_TOLERANCE = settings.ETA_EARLY_TOLERANCE
 
 
 def prefix(queue_type: str) -> str:

@@ -1,5 +1,11 @@
 """The errors taskq raises: one small hierarchy, so callers catch ``TaskqError`` and
-never need to know kombu's or py-amqp's exception classes."""
+never need to know kombu's or py-amqp's exception classes.
+
+Every class is here, the embedded broker's and the operator tools' too, so the tree can
+be read in one place. The exceptions are the embedded transport's wire errors
+(``taskq.embedded.transport``): they also subclass py-amqp's classes, so kombu handles
+them as RabbitMQ's own, and this module imports no library.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,43 @@ class ConfigurationError(TaskqError):
 class BrokerError(TaskqError):
     """The broker itself is at fault, not a task or its message: say, an embedded broker
     file that is damaged, replaced or not ours, which taskq refuses rather than overwrite."""
+
+
+class EmbeddedBrokerError(BrokerError):
+    """Base of the errors the embedded broker raises on purpose."""
+
+
+class BrokerBusyError(EmbeddedBrokerError):
+    """The database stayed locked by other processes for longer than GIVE_UP_AFTER_SECONDS."""
+
+
+class BrokerUnavailableError(EmbeddedBrokerError):
+    """The broker file can't be reached for now (disk full, I/O error): retried like a broker that is down."""
+
+
+class BrokerFileError(EmbeddedBrokerError):
+    """The broker file is damaged, replaced, foreign, newer than this taskq or not writable.
+
+    Never retried: another try would find the same file, and using it anyway would lose or
+    overwrite the tasks it holds. The message names the file and what to do about it.
+    """
+
+
+class NoSuchQueue(TaskqError):
+    """The dead-letter queue asked for doesn't exist on the broker."""
+
+
+class UserActionError(TaskqError):
+    """An action the dashboard page asked for that can't be done (no such queue, no such dead letter)."""
+
+
+class InvalidMessage(TaskqError):
+    """A received message that can't be run; ``reason`` is a short code for the dead-letter header."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class UnsupportedTask(ConfigurationError):

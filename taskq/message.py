@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from taskq.errors import EncodeError
+from taskq.errors import EncodeError, InvalidMessage
 
 CONTENT_TYPE = "application/x-msgpack"
 CONTENT_ENCODING = "binary"
@@ -24,15 +24,6 @@ CONTENT_ENCODING = "binary"
 MAX_ATTEMPTS = 2**31 - 2
 # The id is also the reply's correlation_id, an AMQP short string: at most 255 UTF-8 bytes.
 MAX_ID_BYTES = 255
-
-
-class InvalidMessage(Exception):
-    """A received message that can't be run; ``reason`` is a short code for the dead-letter header."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def pack(value: Any) -> bytes:

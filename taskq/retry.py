@@ -9,9 +9,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskq import settings
+from taskq.backoff import jittered_backoff
 from taskq.errors import Retry
+from taskq.settings import EXPLICIT_RETRY_LIMIT
 
-EXPLICIT_RETRY_LIMIT = 3  # how often ``raise Retry()`` may repeat when neither it nor the task set a limit
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,9 @@ class RetryRules:
     """
 
     max_retries: int | None = None
-    retry_backoff: float = 1.0
-    retry_backoff_max: float = 600.0
-    retry_jitter: bool = True
+    retry_backoff: float = settings.RETRY_BACKOFF
+    retry_backoff_max: float = settings.RETRY_BACKOFF_MAX
+    retry_jitter: bool = settings.RETRY_JITTER
     retry_for: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:
@@ -48,16 +50,10 @@ class Decision:
 
 
 def backoff(attempts: int, rules: RetryRules, rng: random.Random | None = None) -> float:
-    """Seconds before retry number ``attempts + 1``: exponential, capped, optionally jittered.
-
-    "Equal jitter": a uniform pick in the upper half of the step. Workers that failed
-    together (a database went away) then come back spread out, yet each wait still
-    grows, unlike full jitter which can retry at once.
-    """
-    step = min(rules.retry_backoff_max, rules.retry_backoff * (2**attempts))
-    if not rules.retry_jitter or step <= 0:
-        return step
-    return (rng or random).uniform(step / 2, step)
+    """Seconds before retry number ``attempts + 1``: the task's own backoff options."""
+    return jittered_backoff(
+        attempts, first=rules.retry_backoff, cap=rules.retry_backoff_max, jitter=rules.retry_jitter, rng=rng
+    )
 
 
 def decide(rules: RetryRules, exc: BaseException, attempts: int, rng: random.Random | None = None) -> Decision:

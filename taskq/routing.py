@@ -23,7 +23,8 @@ from kombu import Exchange, binding
 
 from taskq import topology
 from taskq.errors import ConfigurationError
-from taskq.message import TaskMessage
+from taskq.message import TaskMessage, unpack
+from taskq.topics import topic_matches
 
 EVENT_TASK = "taskq.event"  # the task name every user event carries on the wire
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
@@ -43,20 +44,6 @@ class EventHandler:
     pattern: str
     group: str
     function: Callable[[str, Any], Any]
-
-
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """AMQP topic matching: words split on dots, ``*`` is exactly one word, ``#`` zero or more."""
-    words, keys = pattern.split("."), routing_key.split(".")
-
-    def match(w: int, k: int) -> bool:
-        if w == len(words):
-            return k == len(keys)
-        if words[w] == "#":
-            return any(match(w + 1, rest) for rest in range(k, len(keys) + 1))
-        return k < len(keys) and words[w] in ("*", keys[k]) and match(w + 1, k + 1)
-
-    return match(0, 0)
 
 
 class Routing:
@@ -136,3 +123,9 @@ def address(message: TaskMessage, queue: str) -> TaskMessage:
     if message.task == EVENT_TASK and queue.startswith(topology.EVENT_QUEUE_PREFIX):
         return replace(message, task=queue)
     return message
+
+
+def event_payload(body: Any) -> Any:
+    """The payload of a user event as it travels (a task message whose args are ``[topic,
+    payload]``); raises for a body that is not one."""
+    return unpack(body).get("args", [None, None])[1]

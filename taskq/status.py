@@ -230,3 +230,22 @@ def collect_status(
     if run is not None:
         notes.append("rabbitmqctl failed; fell back to AMQP")
     return Status(amqp_counts(app, names, workers), workers, "amqp (unacked estimated from worker heartbeats)", listen, notes)
+
+
+def report_lines(report: Status, app_name: str, listen: float, now: float) -> list[str]:
+    """The report as ``taskq status`` prints it: a table of queues, then one line per worker."""
+    lines = [f"queues of {app_name} (numbers from {report.counts_from}):",
+             f"  {'queue':<40} {'ready':>7} {'unacked':>8} {'consumers':>10}"]
+    for q in report.queues:
+        if not q.exists:
+            lines.append(f"  {q.name:<40} {'(not declared yet)':>27}")
+            continue
+        lines.append(f"  {q.name:<40} {q.ready:>7} {q.unacked:>8} {q.consumers:>10}")
+    lines.append(f"workers heard from in {listen:g} s: {len(report.workers)}")
+    for w in report.workers:
+        current = f"{w.current['task']}[{w.current['task_id']}]" if w.current else "idle"
+        lines.append(
+            f"  {w.host} pid {w.pid} (worker {w.ppid}, concurrency {w.concurrency}): {current}; "
+            f"done {w.done}, failed {w.failed}; last seen {now - w.last_seen:.1f} s ago"
+        )
+    return lines

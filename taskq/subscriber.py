@@ -1,6 +1,7 @@
 """Listening on a broadcast exchange: one private, bounded queue per listener.
 
-Used by ``taskq logs``, ``taskq events`` and ``taskq status``. Each listener declares its
+Used by ``taskq logs``, ``taskq events`` and ``taskq status``; ``follow`` keeps one listening
+through broker outages. Each listener declares its
 own exclusive auto-delete queue, so two listeners each get every message, and nothing is
 kept once the last one leaves. The queue is bounded with ``drop-head``: a listener that
 falls behind loses its oldest lines; the workers never notice.
@@ -9,7 +10,7 @@ falls behind loses its oldest lines; the workers never notice.
 from __future__ import annotations
 
 import json
-import random
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -17,19 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kombu import Consumer, Exchange
 
-from taskq import topology
+from taskq import settings, topology
+from taskq.backoff import reconnect_backoff
 
 if TYPE_CHECKING:
     from taskq.broker import Broker
 
-DEFAULT_MAX_LENGTH = 10_000
-PREFETCH = 100  # acked one by one: a stopped listener holds at most this many besides its queue
-
-
-def reconnect_delay(attempt: int) -> float:
-    """0.5 s doubling to 10 s, jittered in the upper half, so listeners don't reconnect in step."""
-    ceiling = min(10.0, 0.5 * 2**attempt)
-    return random.uniform(ceiling / 2, ceiling)
+DEFAULT_MAX_LENGTH = settings.LISTENER_MAX_LENGTH
 
 
 def records(message: Any) -> Iterator[dict[str, Any]]:
@@ -107,7 +102,7 @@ class Subscription:
                 on_message(message)
                 message.ack()
 
-            consumer = Consumer(channel, queues=[queue], on_message=deliver, prefetch_count=PREFETCH, auto_declare=False)
+            consumer = Consumer(channel, queues=[queue], on_message=deliver, prefetch_count=settings.LISTENER_PREFETCH, auto_declare=False)
             consumer.consume()
             if on_ready is not None:
                 on_ready(queue.name)
@@ -124,3 +119,58 @@ class Subscription:
                 connection.release()
             except Exception:  # already broken: just drop it
                 connection.collect()
+
+
+class StopFlag:
+    """Set by SIGINT or SIGTERM, so a listener finishes its loop and says its summary."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopped = True
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+
+def follow(
+    subscription: Subscription,
+    on_message: Callable[[Any], None],
+    should_stop: Callable[[], bool],
+    *,
+    on_ready: Callable[[str], None],
+    on_reconnected: Callable[[str], None],
+    on_lost: Callable[[BaseException], None],
+) -> None:
+    """Listen until ``should_stop()``, through broker outages.
+
+    A broker unreachable at the start raises (one of the broker's ``connection_errors``):
+    likely a wrong URL. Once listening, a lost connection is re-made with backoff, and
+    ``on_lost`` hears of it once per outage: a follower should outlive a broker restart.
+    The listener's queue went with the connection, so what was sent meanwhile is missed
+    (``taskq logs`` counts those lines by their numbers).
+    """
+    listening = False
+    attempt = 0
+
+    def ready(queue: str) -> None:
+        nonlocal listening, attempt
+        (on_reconnected if listening else on_ready)(queue)
+        listening, attempt = True, 0
+
+    while not should_stop():
+        try:
+            subscription.run(on_message, should_stop=should_stop, on_ready=ready)
+            return
+        except subscription.broker.connection_errors as exc:
+            if not listening:
+                raise
+            if attempt == 0:
+                on_lost(exc)
+        pause_until = time.monotonic() + reconnect_backoff(attempt)
+        attempt += 1
+        while not should_stop() and time.monotonic() < pause_until:
+            time.sleep(0.1)  # a pause that Ctrl-C ends within a tenth of a second

@@ -96,3 +96,14 @@ def test_an_event_is_addressed_to_the_group_of_the_queue_it_arrived_on():
     plain = TaskMessage(id="2", task="tests.apps.add")
     assert address(plain, "events.billing") is plain
     assert address(event, "default") is event
+
+
+def test_the_app_and_the_embedded_broker_match_topics_with_one_function():
+    # Two implementations could disagree on an edge ("lazy.#" and "lazy"), and then a test
+    # on the embedded broker would pass where RabbitMQ routes differently, or the reverse.
+    import taskq.embedded.store
+    import taskq.routing
+    import taskq.topics
+
+    assert taskq.routing.topic_matches is taskq.topics.topic_matches
+    assert taskq.embedded.store.topic_matches is taskq.topics.topic_matches

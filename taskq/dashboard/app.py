@@ -27,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from taskq import settings
 from taskq.dashboard import guard
 from taskq.dashboard.feed import Action, Feed, UserActionError
 from taskq.dashboard.state import LOG_LINES_KEPT, DashboardState
@@ -39,7 +40,7 @@ STATIC = Path(__file__).parent / "static"
 CLIENT_BACKLOG = 64  # messages a slow browser may fall behind by before it is dropped (it reconnects)
 COALESCE = 0.25  # seconds: a busy cluster's thousand log lines a second become four pushes
 KEEPALIVE = 15.0
-ACTION_TIMEOUT = 60.0
+ACTION_TIMEOUT = settings.DASHBOARD_ACTION_TIMEOUT
 
 
 def sse(event: str, data: Any) -> str:

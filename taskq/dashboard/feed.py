@@ -17,7 +17,7 @@ reads it.
   (replay, purge), one at a time, so a peek never hides a dead letter from a replay
   running beside it.
 
-Each loop reconnects by itself with a capped, jittered backoff (0.5 s doubling to 10 s,
+Each loop reconnects by itself with a capped, jittered backoff (taskq.backoff.reconnect_backoff,
 as workers do) and reports itself up or down; the page shows "broker: down" while any is.
 """
 
@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from taskq import dead, topology
+from taskq import dead, settings, topology
 from taskq.broker import queue_counts
 from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Failure
-from taskq.errors import TaskqError
+from taskq.errors import TaskqError, UserActionError
 from taskq.message import unpack
 from taskq.status import QueueStats, with_dead_letter_queues
-from taskq.subscriber import Subscription, reconnect_delay, records
+from taskq.backoff import reconnect_backoff
+from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -48,18 +49,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("taskq.dashboard")
 
-REFRESH_INTERVAL = 1.0  # seconds between queue counts
-DEAD_LETTERS_SHOWN = 50  # per queue, the newest: the page is for a look, `taskq dead list` for the full list
+DEAD_LETTERS_SHOWN = settings.DASHBOARD_DEAD_LETTERS_SHOWN
 LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
 # Finding the newest dead letters reads the whole .dead queue: after a read that took d
 # seconds, that queue isn't read again for SCAN_PAUSE * d, so a huge one can't keep the
 # counts thread (and the page's actions) busy.
 SCAN_PAUSE = 9
 SUBSCRIPTION_LENGTH = 10_000  # messages the broker holds for a loop that falls behind; then drops the oldest
-
-
-class UserActionError(TaskqError):
-    """An action the page asked for that can't be done (no such queue, no such dead letter)."""
 
 
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:
@@ -158,7 +154,7 @@ class Feed:
                     log.warning("dashboard lost the broker; reconnecting", loop=name, broker=self.broker.masked_url, error=problem)
                 if name == "counts":
                     self._fail_pending_actions(problem)
-            self.stopping.wait(reconnect_delay(attempt))
+            self.stopping.wait(reconnect_backoff(attempt))
             attempt += 1
 
     def _serve_workers(self, connected: Callable[[], None]) -> None:
@@ -195,7 +191,7 @@ class Feed:
             dead_seen: dict[str, int | None] = {}
             while not self.stopping.is_set():
                 self._refresh(connection, dead_seen)
-                self.refresh_now.wait(REFRESH_INTERVAL)
+                self.refresh_now.wait(settings.DASHBOARD_REFRESH_INTERVAL)
                 self.refresh_now.clear()
                 while not self.actions.empty():
                     self._run(connection, self.actions.get_nowait())

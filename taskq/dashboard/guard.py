@@ -13,7 +13,7 @@ another site. Two attacks, two checks:
   cross-site request can't set without a CORS preflight, which we never answer) or the
   token in ``Authorization``.
 
-The optional token (``--token``, ``TASKQ_DASHBOARD_TOKEN``, cli.py) is what makes listening beyond
+The optional token (``--token``, ``TASKQ_DASHBOARD_TOKEN``, taskq/cli/dashboard.py) is what makes listening beyond
 localhost acceptable: every request must then carry it, as ``Authorization: Bearer``, as
 the cookie the page gets, or once as ``?token=`` (answered with that cookie, ``HttpOnly``
 and ``SameSite=Strict``, and a redirect that takes the token out of the address bar).

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from taskq import topology
+from taskq import settings, topology
 from taskq.status import QueueStats, WorkerInfo
 
-LOG_LINES_KEPT = 500
+LOG_LINES_KEPT = settings.DASHBOARD_LOG_LINES_KEPT
 LONGEST_VALUE = 4000  # characters of one log field sent to the page
-BUCKET_SECONDS = 5
-BUCKETS = 72  # 6 minutes of throughput
+BUCKET_SECONDS = settings.DASHBOARD_BUCKET_SECONDS
+BUCKETS = settings.DASHBOARD_BUCKETS
 COMPONENTS = ("counts", "workers", "tasks", "logs")  # the feed's loops, each with its connection
 CONNECTING = "connecting"
 

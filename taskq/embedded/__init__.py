@@ -11,7 +11,8 @@ import os
 
 from kombu.transport import TRANSPORT_ALIASES
 
-from taskq.embedded.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
+from taskq import settings
+from taskq.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 
 __all__ = [
     "SCHEME",
@@ -30,7 +31,7 @@ _TRANSPORT = "taskq.embedded.transport:Transport"
 
 def default_database_path() -> str:
     """Absolute, so processes started from another folder still find the same broker."""
-    home = os.environ.get("TASKQ_HOME") or ".taskq"
+    home = os.environ.get(settings.HOME_ENV) or settings.HOME
     return os.path.join(os.path.abspath(os.path.expanduser(home)), "broker.db")
 
 

@@ -23,8 +23,8 @@ import struct
 import threading
 from urllib.parse import quote
 
-from taskq.embedded.errors import BrokerFileError, BrokerUnavailableError
 from taskq.embedded.schema import APPLICATION_ID, SCHEMA_VERSION, create_or_upgrade
+from taskq.errors import BrokerFileError, BrokerUnavailableError
 
 #: The tables that mark a store made before the header was stamped (schema versions 1 and 2).
 LEGACY_TABLES = {"queues", "messages"}

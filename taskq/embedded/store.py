@@ -23,11 +23,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
+from taskq import settings
 from taskq.embedded import brokerfile, deadletter
-from taskq.embedded.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
 from taskq.embedded.processes import ProcessIdentity, is_alive
-from taskq.embedded.routing import publish_sql, topic_matches
+from taskq.embedded.routing import publish_sql
 from taskq.embedded.schema import create_or_upgrade, queue_settings
+from taskq.errors import BrokerBusyError, BrokerFileError, BrokerUnavailableError, EmbeddedBrokerError
+from taskq.topics import topic_matches
 
 T = TypeVar("T")
 
@@ -38,7 +40,7 @@ BUSY_TIMEOUT_MS = 0
 FIRST_RETRY_PAUSE = 0.0001
 LONGEST_RETRY_PAUSE = 0.05
 #: How long we keep retrying before telling the caller the broker is stuck.
-GIVE_UP_AFTER_SECONDS = 60.0
+GIVE_UP_AFTER_SECONDS = settings.EMBEDDED_GIVE_UP_AFTER
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 

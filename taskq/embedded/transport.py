@@ -86,9 +86,11 @@ class PublishRefused(EmbeddedBrokerError, amqp_errors.MessageNacked):
     ``confirm_publish`` RabbitMQ nacks it and py-amqp raises MessageNacked, so do we."""
 
 
-class Unroutable(EmbeddedBrokerError, amqp_errors.ChannelError):
+class NoRoute(EmbeddedBrokerError, amqp_errors.ChannelError):
     """A ``mandatory`` message no queue took: RabbitMQ returns it (312 NO_ROUTE) and
-    py-amqp raises that return as a ChannelError, so the publisher learns it was lost."""
+    py-amqp raises that return as a ChannelError, so the publisher learns it was lost.
+    Named for the AMQP reply, not ``Unroutable``: that is ``taskq.Unroutable``, what the
+    publisher (broker.py) turns this wire error into."""
 
 
 class HeadersNotATable(EmbeddedBrokerError, TypeError):
@@ -329,7 +331,7 @@ class Channel(virtual.Channel):
         """A full ``x-overflow: reject-publish`` queue leaves the message out. As on RabbitMQ,
         that raises (MessageNacked) only on a connection with ``confirm_publish``, as taskq
         opens them; without confirms it is silent. Other queues keep their copy either way.
-        A ``mandatory`` message that reached no queue at all raises ``Unroutable``."""
+        A ``mandatory`` message that reached no queue at all raises ``NoRoute``."""
         headers = message.get("headers")
         if not isinstance(headers, dict):
             raise HeadersNotATable(f"message headers must be a table (dict), not {type(headers).__name__}")
@@ -352,7 +354,7 @@ class Channel(virtual.Channel):
         if published.refused and self.transport.confirm_publish:
             raise PublishRefused(f"queue(s) {', '.join(published.refused)} full (x-overflow: reject-publish)")
         if kwargs.get("mandatory") and not published.queues and not published.refused:
-            raise Unroutable(
+            raise NoRoute(
                 f"NO_ROUTE - no queue for {exchange!r} with routing key {routing_key!r}", None, "Basic.publish", 312
             )
 

@@ -12,7 +12,7 @@ from typing import Iterator
 import click
 
 from taskq.broker import Broker
-from taskq.cli_common import UserError, broker_option, load, optional_app_option
+from taskq.cli.common import UserError, broker_option, load, optional_app_option, yes_option
 from taskq.dead import DeadLetter, NoSuchQueue, count_dead, list_dead, purge, replay
 
 
@@ -22,7 +22,7 @@ def broker_from_options(app_path: str | None, broker: str | None) -> Broker:
 
 @contextlib.contextmanager
 def no_such_queue_is_a_user_error() -> Iterator[None]:
-    """A queue that isn't there is the caller's mistake (exit 2); other TaskqErrors are exit 1 (cli.py)."""
+    """A queue that isn't there is the caller's mistake (exit 2); other TaskqErrors are exit 1 (taskq/cli/__init__.py)."""
     try:
         yield
     except NoSuchQueue as exc:
@@ -83,7 +83,7 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
 @click.argument("queue")
 @optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
 @broker_option
-@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@yes_option
 def purge_command(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
     """Delete every message in QUEUE.dead (after asking, unless --yes): they are gone for good."""
     dead_broker = broker_from_options(app_path, broker)

@@ -1,29 +1,28 @@
 """The operator's commands: logs, events, status, purge, call.
 
-Registered on the ``taskq`` group by cli.py, which imports this module after defining
-what it shares (``UserError``, the app loader, the common options).
+Registered on the ``taskq`` group by taskq/cli/__init__.py; the listening, filtering and
+status-taking they do is library code (taskq.subscriber, taskq.log_tail, taskq.status).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
 import time
 from typing import IO, Any, Callable, Iterator
 
 import click
-import structlog
 
-from taskq import topology
+from taskq import settings, topology
 from taskq.app import App
 from taskq.broker import connection_problem, queue_counts
-from taskq.cli_common import UserError, app_option, broker_option, load, optional_app_option
+from taskq.cli.common import UserError, app_option, broker_option, load, optional_app_option, split_queue_names, yes_option
 from taskq.errors import TaskError, TaskqError, Unroutable
+from taskq.log_tail import LogPrinter
 from taskq.logs import LEVELS
-from taskq.message import unpack
-from taskq.subscriber import DEFAULT_MAX_LENGTH, GapCounter, Subscription, reconnect_delay, records
+from taskq.routing import event_payload
+from taskq.subscriber import DEFAULT_MAX_LENGTH, StopFlag, Subscription, follow
 
 
 max_length_option = click.option(
@@ -31,21 +30,6 @@ max_length_option = click.option(
     help="Messages the broker holds for this listener while it is behind (a worker batches up to 500 lines "
     "in one); older ones are dropped, and counted.",
 )
-
-
-class StopFlag:
-    """Set by SIGINT or SIGTERM, so a listener finishes its loop and prints its summary."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGTERM, self._stop)
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        self.stopped = True
-
-    def __call__(self) -> bool:
-        return self.stopped
 
 
 @contextlib.contextmanager
@@ -61,76 +45,18 @@ def broker_error(app: App, exc: BaseException) -> click.ClickException:
     return click.ClickException(connection_problem(app.broker.masked_url, exc))
 
 
-def run_subscription(app: App, subscription: Subscription, on_message, stop: StopFlag, *, command: str,
-                     on_ready: Callable[[str], None]) -> None:
-    """Listen until Ctrl-C, through broker outages.
-
-    A broker unreachable at the start is an error (exit 1): likely a wrong URL. Once
-    listening, a lost connection is re-made with backoff, said once on stderr: a follower
-    should outlive a broker restart. The listener's queue went with the connection, so
-    what was sent meanwhile is missed (``taskq logs`` counts those lines by their numbers).
-    """
-    listening = False
-    attempt = 0
-
-    def ready(queue: str) -> None:
-        nonlocal listening, attempt
-        if listening:
-            click.echo(f"taskq {command}: reconnected, listening again (queue {queue})", err=True)
-        else:
-            on_ready(queue)
-        listening, attempt = True, 0
-
-    while not stop():
-        try:
-            subscription.run(on_message, should_stop=stop, on_ready=ready)
-            return
-        except app.broker.connection_errors as exc:
-            if not listening:
-                raise broker_error(app, exc) from None
-            if attempt == 0:
-                click.echo(f"taskq {command}: lost the broker ({type(exc).__name__}: {exc}); reconnecting", err=True)
-        pause_until = time.monotonic() + reconnect_delay(attempt)
-        attempt += 1
-        while not stop() and time.monotonic() < pause_until:
-            time.sleep(0.1)
+def run_subscription(app: App, subscription: Subscription, on_message: Callable[[Any], None], stop: StopFlag, *,
+                     command: str, on_ready: Callable[[str], None]) -> None:
+    """Follow until Ctrl-C; a broker unreachable at the start is one line and exit 1."""
+    with broker_errors(app):
+        follow(
+            subscription, on_message, stop, on_ready=on_ready,
+            on_reconnected=lambda queue: click.echo(f"taskq {command}: reconnected, listening again (queue {queue})", err=True),
+            on_lost=lambda exc: click.echo(f"taskq {command}: lost the broker ({type(exc).__name__}: {exc}); reconnecting", err=True),
+        )
 
 
 # -- logs ---------------------------------------------------------------------------------
-
-
-class LogPrinter:
-    """Filters and writes the records one ``taskq logs`` receives, and counts what it missed."""
-
-    def __init__(self, out: IO[str], *, app_name: str | None, level: str, task: str | None, as_json: bool, colors: bool) -> None:
-        self.out = out
-        self.app_name = app_name
-        self.min_level = LEVELS.index(level)
-        self.task = task
-        self.as_json = as_json
-        self.renderer = structlog.dev.ConsoleRenderer(colors=colors)
-        self.gaps = GapCounter()
-        self.received = 0
-
-    def __call__(self, message: Any) -> None:
-        for record in records(message):
-            self.write(record)
-        self.out.flush()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.app_name and record.get("app") != self.app_name:
-            return
-        self.received += 1
-        missed = self.gaps.see((record.get("host", "?"), record.get("pid", 0)), record.get("seq"))
-        if missed:
-            click.echo(f"taskq logs: missed {missed} lines from {record.get('host')} pid {record.get('pid')}", err=True)
-        if self.task and record.get("task") != self.task:
-            return
-        level = record.get("level", "info")
-        if level in LEVELS and LEVELS.index(level) < self.min_level:
-            return
-        line = json.dumps(record) if self.as_json else self.renderer(None, level, dict(record))
-        self.out.write(line + "\n")
 
 
 @click.command()
@@ -152,7 +78,7 @@ def logs(app_path: str | None, broker: str | None, level: str, task_name: str | 
     app = load(app_path, broker)
     out = output or sys.stdout
     printer = LogPrinter(
-        out, app_name=app.name if app_path else None, level=level.lower(), task=task_name,
+        out, sys.stderr, app_name=app.name if app_path else None, level=level.lower(), task=task_name,
         as_json=as_json, colors=output is None and sys.stdout.isatty(),
     )
     stop = StopFlag()
@@ -184,7 +110,7 @@ def events(pattern: str, app_path: str | None, broker: str | None, as_json: bool
     def on_message(message: Any) -> None:
         topic = message.delivery_info.get("routing_key", "")
         try:
-            payload = unpack(message.body).get("args", [None, None])[1]
+            payload = event_payload(message.body)
         except Exception:  # not a taskq event: show what we can
             payload = repr(message.body)
         if as_json:
@@ -206,38 +132,25 @@ def events(pattern: str, app_path: str | None, broker: str | None, as_json: bool
 @app_option
 @broker_option
 @click.option("-Q", "--queues", default=None, metavar="Q1,Q2", help="These queues (default: all of the app's).")
-@click.option("--wait", "listen", type=click.FloatRange(min=0.1), default=4.5, show_default=True,
+@click.option("--wait", "listen", type=click.FloatRange(min=0.1), default=settings.STATUS_WAIT, show_default=True,
               help="Seconds to listen for worker heartbeats (at least two heartbeat intervals).")
 @click.option("--counts", type=click.Choice(["auto", "rabbitmqctl", "amqp"]), default="auto", show_default=True,
               help="Where queue numbers come from: rabbitmqctl on the broker's host, else AMQP plus heartbeats.")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
 def status(app_path: str, broker: str | None, queues: str | None, listen: float, counts: str, as_json: bool) -> None:
     """Queues (ready, unacked, consumers, with their dead-letter queues) and live workers of an app."""
-    from taskq.status import collect_status
+    from taskq.status import collect_status, report_lines
 
     app = load(app_path, broker)
-    queue_names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    queue_names = split_queue_names(queues) if queues else None
     stop = StopFlag()
     with broker_errors(app):
         report = collect_status(app, listen=listen, counts=counts, queue_names=queue_names, should_stop=stop)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
-    click.echo(f"queues of {app.name} (numbers from {report.counts_from}):")
-    click.echo(f"  {'queue':<40} {'ready':>7} {'unacked':>8} {'consumers':>10}")
-    for q in report.queues:
-        if not q.exists:
-            click.echo(f"  {q.name:<40} {'(not declared yet)':>27}")
-            continue
-        click.echo(f"  {q.name:<40} {q.ready:>7} {q.unacked:>8} {q.consumers:>10}")
-    click.echo(f"workers heard from in {listen:g} s: {len(report.workers)}")
-    now = time.time()
-    for w in report.workers:
-        current = f"{w.current['task']}[{w.current['task_id']}]" if w.current else "idle"
-        click.echo(
-            f"  {w.host} pid {w.pid} (worker {w.ppid}, concurrency {w.concurrency}): {current}; "
-            f"done {w.done}, failed {w.failed}; last seen {now - w.last_seen:.1f} s ago"
-        )
+    for line in report_lines(report, app.name, listen, time.time()):
+        click.echo(line)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
 
@@ -249,7 +162,7 @@ def status(app_path: str, broker: str | None, queues: str | None, listen: float,
 @click.argument("queue")
 @optional_app_option("Use this App's broker (env TASKQ_APP).")
 @broker_option
-@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@yes_option
 def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
     """Delete every ready message in QUEUE (messages being worked on are not touched)."""
     app = load(app_path, broker)

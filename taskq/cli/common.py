@@ -1,13 +1,14 @@
 """What every ``taskq`` subcommand shares: the -A and --broker options and one-line user errors.
 
-In a module of its own so the command modules (cli.py, cli_ops.py, cli_dead.py,
-dashboard/cli.py) import it, and never each other.
+In a module of its own so the command modules (worker.py, ops.py, dead.py, dashboard.py)
+import it, and never each other.
 """
 
 from __future__ import annotations
 
 import click
 
+from taskq import settings
 from taskq.app import App
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
@@ -40,18 +41,19 @@ def with_usable_broker(app: App) -> App:
 
 
 app_option = click.option(
-    "-A", "--app", "app_path", envvar="TASKQ_APP", required=True, metavar="MODULE:APP",
+    "-A", "--app", "app_path", envvar=settings.APP_ENV, required=True, metavar="MODULE:APP",
     help="The App to load, e.g. examples.shop:app (env TASKQ_APP).",
 )
+yes_option = click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
 broker_option = click.option(
-    "--broker", envvar="TASKQ_BROKER_URL", default=None, metavar="URL",
+    "--broker", envvar=settings.BROKER_URL_ENV, default=None, metavar="URL",
     help="Broker URL; overrides the app's (env TASKQ_BROKER_URL).",
 )
 
 
 def optional_app_option(help_text: str):
     """-A for commands that work without an app too (they then only need a broker)."""
-    return click.option("-A", "--app", "app_path", envvar="TASKQ_APP", default=None, metavar="MODULE:APP", help=help_text)
+    return click.option("-A", "--app", "app_path", envvar=settings.APP_ENV, default=None, metavar="MODULE:APP", help=help_text)
 
 
 def load(app_path: str | None, broker: str | None) -> App:
@@ -60,3 +62,16 @@ def load(app_path: str | None, broker: str | None) -> App:
         return app_from_option(app_path, broker)
     return with_usable_broker(App(broker=broker))
 
+
+
+def queue_names_option(queues: str | None, app: App) -> list[str]:
+    """The queues a ``-Q Q1,Q2`` names, else all of the app's; none at all is a user error."""
+    names = split_queue_names(queues) if queues else app.queue_names
+    if not names:
+        raise UserError("-Q: no queue names given")
+    return names
+
+
+def split_queue_names(queues: str) -> list[str]:
+    """``-Q Q1,Q2`` as a list of names (blanks dropped)."""
+    return [name.strip() for name in queues.split(",") if name.strip()]

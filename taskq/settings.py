@@ -1,0 +1,125 @@
+"""Every default taskq uses and every ``TASKQ_*`` environment variable it reads, one line of doc each.
+
+Other modules import their defaults from here, so a default is written once and this file
+is the list to read; docs/configuration.md explains each, and
+tests/test_configuration_doc.py checks the two agree. Values are plain constants: an app
+changes them through ``App(...)``, an option or a variable, never by assigning here.
+Timings that follow from one module's own mechanism (the embedded broker's SQLite pauses,
+a reader's poll slice) stay beside that code, with the reason.
+"""
+
+from __future__ import annotations
+
+# -- environment variables (names) ------------------------------------------------------
+
+#: The broker URL when ``App`` has no ``broker=``; also ``--broker`` of every command.
+BROKER_URL_ENV = "TASKQ_BROKER_URL"
+#: The folder of the embedded broker's ``broker.db``.
+HOME_ENV = "TASKQ_HOME"
+#: The ``-A MODULE:APP`` of every command.
+APP_ENV = "TASKQ_APP"
+#: The secret every request to ``taskq dashboard`` must carry (its ``--token``).
+DASHBOARD_TOKEN_ENV = "TASKQ_DASHBOARD_TOKEN"
+#: Seconds between a worker child's ``worker.heartbeat`` events (read by taskq/events.py).
+HEARTBEAT_INTERVAL_ENV = "TASKQ_HEARTBEAT_INTERVAL"
+#: ``off``: no log records and no task events leave the worker (read by taskq/events.py).
+BROADCAST_ENV = "TASKQ_BROADCAST"
+#: Seconds between a busy child's flushes of log records and events (read by taskq/events.py).
+BROADCAST_INTERVAL_ENV = "TASKQ_BROADCAST_INTERVAL"
+#: Most records in one broadcast message (read by taskq/events.py).
+BROADCAST_BATCH_ENV = "TASKQ_BROADCAST_BATCH"
+
+# -- the app ----------------------------------------------------------------------------
+
+#: ``App(name)``: shown in the banner, carried by every log record, the default event group.
+APP_NAME = "taskq"
+#: ``App(default_queue=)``: the queue of tasks declared without ``queue=``.
+DEFAULT_QUEUE = "default"
+#: ``App(heartbeat=)``: AMQP heartbeat, in seconds, of the worker children's connections.
+HEARTBEAT = 30.0
+#: ``App(queue_type=)``: ``classic`` or ``quorum``.
+QUEUE_TYPE = "classic"
+#: Without ``$TASKQ_HOME``: the embedded broker's folder, relative to the working folder.
+HOME = ".taskq"
+
+# -- publishing (taskq.broker.RetryPolicy) ----------------------------------------------
+
+#: Attempts after the first that one send may make through an outage.
+PUBLISH_MAX_RETRIES = 6
+#: Seconds before the second attempt; doubles per attempt (jittered, taskq.backoff).
+PUBLISH_INTERVAL_START = 0.2
+#: Seconds: the cap of that pause.
+PUBLISH_INTERVAL_MAX = 3.0
+#: Seconds one send may take, all of its attempts and pauses together.
+PUBLISH_DEADLINE = 10.0
+#: Seconds for one attempt's TCP connect and AMQP handshake.
+PUBLISH_CONNECT_TIMEOUT = 4.0
+#: Seconds to wait for the broker's confirm of one publish.
+PUBLISH_CONFIRM_TIMEOUT = 10.0
+#: Seconds a publish waits for a free pooled connection, within its budget.
+PUBLISH_POOL_WAIT = 30.0
+#: Unconfirmed messages a bulk publish (``send_many``) lets in flight before it waits.
+PUBLISH_CONFIRM_WINDOW = 1000
+
+# -- what a dead letter keeps (taskq.copies) ---------------------------------------------
+
+#: Characters of a failure's traceback kept (the end): AMQP headers must fit one frame.
+DEAD_LETTER_MAX_TRACEBACK = 8000
+#: Characters of a failure's exception message, or a rejection's detail, kept.
+DEAD_LETTER_MAX_MESSAGE = 2000
+
+# -- delays (taskq.delay) ----------------------------------------------------------------
+
+#: Seconds a message may arrive before its eta (clock skew) and still run, not re-delayed.
+ETA_EARLY_TOLERANCE = 1.0
+
+# -- the embedded broker ------------------------------------------------------------------
+
+#: Seconds the embedded broker retries a database locked by other processes, then BrokerBusyError.
+EMBEDDED_GIVE_UP_AFTER = 60.0
+
+# -- retrying a failed task (taskq.retry.RetryRules; @app.task's own defaults match) -----
+
+#: Seconds before the first retry; doubles per retry.
+RETRY_BACKOFF = 1.0
+#: Seconds: the cap of that wait.
+RETRY_BACKOFF_MAX = 600.0
+#: Whether each wait is jittered (equal jitter, taskq.backoff).
+RETRY_JITTER = True
+#: How often ``raise Retry()`` may repeat when neither it nor the task set a limit.
+EXPLICIT_RETRY_LIMIT = 3
+
+# -- reconnecting -----------------------------------------------------------------------
+
+#: Seconds a listener, the dashboard or a worker child waits before its first reconnect.
+RECONNECT_BACKOFF_FIRST = 0.5
+#: Seconds: the cap of that wait, which doubles per failed try (jittered, taskq.backoff).
+RECONNECT_BACKOFF_MAX = 10.0
+
+# -- listeners: taskq logs, events, status (taskq.subscriber) ----------------------------
+
+#: Messages the broker holds for a listener that falls behind (``--max-length``); then it drops the oldest.
+LISTENER_MAX_LENGTH = 10_000
+#: Unacked messages a listener holds besides its queue (acked one by one).
+LISTENER_PREFETCH = 100
+#: Seconds ``taskq status`` listens for worker heartbeats (``--wait``): two heartbeat intervals and some.
+STATUS_WAIT = 4.5
+
+# -- the dashboard ----------------------------------------------------------------------
+
+#: ``taskq dashboard --host``: loopback, as a page that can purge queues needs a token beyond it.
+DASHBOARD_HOST = "127.0.0.1"
+#: ``taskq dashboard --port``.
+DASHBOARD_PORT = 8000
+#: Seconds between the dashboard's queue counts.
+DASHBOARD_REFRESH_INTERVAL = 1.0
+#: Dead letters the page shows per queue, the newest (``taskq dead list`` has them all).
+DASHBOARD_DEAD_LETTERS_SHOWN = 50
+#: Log lines the page keeps and shows.
+DASHBOARD_LOG_LINES_KEPT = 500
+#: Seconds of one bar of the throughput chart.
+DASHBOARD_BUCKET_SECONDS = 5
+#: Bars of the throughput chart (72 of 5 s: six minutes).
+DASHBOARD_BUCKETS = 72
+#: Seconds the page waits for a replay or purge it asked for.
+DASHBOARD_ACTION_TIMEOUT = 60.0

@@ -1,0 +1,46 @@
+"""``subscriber.follow``, the listener loop behind taskq logs and taskq events, with a scripted
+subscription (no broker): what it says and does when the broker goes away."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from taskq.subscriber import follow
+
+
+class ScriptedSubscription:
+    """Each run() does the next step: "ready" (listens, then returns when told to stop),
+    "ready-then-lost", or "unreachable"."""
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+        self.broker = SimpleNamespace(connection_errors=(ConnectionError,))
+
+    def run(self, on_message, *, should_stop, on_ready):
+        step = self.steps.pop(0)
+        if step == "unreachable":
+            raise ConnectionError("refused")
+        on_ready(f"queue-{len(self.steps)}")
+        if step == "ready-then-lost":
+            raise ConnectionError("connection reset")
+
+
+def test_a_broker_unreachable_at_the_start_is_raised():
+    said: list[str] = []
+    with pytest.raises(ConnectionError):
+        follow(ScriptedSubscription(["unreachable"]), print, lambda: False,
+               on_ready=said.append, on_reconnected=said.append, on_lost=lambda exc: said.append("lost"))
+    assert said == []
+
+
+def test_a_lost_broker_is_said_once_per_outage_and_the_follower_listens_again():
+    said: list[str] = []
+    subscription = ScriptedSubscription(["ready-then-lost", "unreachable", "unreachable", "ready"])
+    follow(subscription, print, lambda: False,
+           on_ready=lambda queue: said.append(f"ready {queue}"),
+           on_reconnected=lambda queue: said.append(f"again {queue}"),
+           on_lost=lambda exc: said.append(f"lost {exc}"))
+    assert said == ["ready queue-3", "lost connection reset", "again queue-0"]
+    assert subscription.steps == []
