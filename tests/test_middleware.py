@@ -125,3 +125,17 @@ def test_a_skip_decision_acks_without_running_or_dead_lettering(taskq_test_app, 
         channel = connection.default_channel
         assert channel.basic_get("default", no_ack=True) is None
         assert channel.basic_get("default.dead", no_ack=True) is None
+
+
+def test_the_examples_in_docs_middleware_md_run():
+    """Each python block of docs/middleware.md declares an app with middleware and hooks; it must run."""
+    import re
+
+    from tests.conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "middleware.md").read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace: dict[str, Any] = {"__name__": "docs_middleware"}
+        exec(compile(block, "docs/middleware.md", "exec"), namespace)
+        assert namespace["app"].middleware
