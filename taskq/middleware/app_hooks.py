@@ -13,7 +13,7 @@ from typing import Any, Callable
 from taskq.middleware.base import Middleware, WorkerInfo
 from taskq.middleware.decisions import DeadLetter, Decision, Retry
 from taskq.middleware.delivery import Delivery
-from taskq.middleware.pipeline import failed
+from taskq.middleware.pipeline import call_each
 
 #: The App's decorator names -> the middleware hook that calls their functions.
 APP_HOOKS = {
@@ -40,12 +40,7 @@ class AppHooks(Middleware):
         return {APP_HOOKS[name] for name, functions in self.functions.items() if functions}
 
     def _call(self, name: str, *args: Any) -> None:
-        # Each function on its own: one that raises must not keep the next from running.
-        for function in self.functions[name]:
-            try:
-                function(*args)
-            except Exception as exc:
-                failed(function, name, exc)
+        call_each(self.functions[name], name, *args)
 
     def on_worker_start(self, worker: WorkerInfo) -> None:
         self._call("on_worker_start", worker)

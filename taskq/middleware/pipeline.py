@@ -27,17 +27,13 @@ class Pipeline:
 
     def notify(self, hook: str, *args: Any) -> None:
         """Call each middleware's ``hook``; one that raises is logged and the others still run."""
-        for method in self._hooks[hook]:
-            try:
-                method(*args)
-            except Exception as exc:
-                failed(method, hook, exc)
+        call_each(self._hooks[hook], hook, *args)
 
     def decide(self, hook: str, *args: Any) -> Decision | None:
         """The first decision a middleware's ``hook`` returns, or None; one that raises is skipped."""
         for method in self._hooks[hook]:
             try:
-                decision = method(*args)
+                decision: Decision | None = method(*args)
             except Exception as exc:
                 failed(method, hook, exc)
                 continue
@@ -49,6 +45,16 @@ class Pipeline:
         return bool(self._hooks[hook])
 
 
+def call_each(functions: Iterable[Callable[..., Any]], hook: str, *args: Any) -> None:
+    """Call each function; one that raises is logged and the next still runs."""
+    for function in functions:
+        try:
+            function(*args)
+        except Exception as exc:
+            failed(function, hook, exc)
+
+
 def failed(method: Callable[..., Any], hook: str, exc: Exception) -> None:
-    owner = type(getattr(method, "__self__", method)).__name__
+    bound_to = getattr(method, "__self__", None)
+    owner = type(bound_to).__name__ if bound_to is not None else getattr(method, "__qualname__", repr(method))
     log.error("middleware hook failed", middleware=owner, hook=hook, error=f"{type(exc).__name__}: {exc}", exc_info=exc)

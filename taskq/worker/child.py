@@ -221,7 +221,7 @@ class ChildWorker:
         ``<queue>.dead`` by the broker's own dead-lettering.
         """
         try:
-            decision = self._admit(delivery)
+            decision: Decision | None = self._admit(delivery)
             if decision is None:
                 self.pipeline.notify("on_received", delivery)
                 decision = self.pipeline.decide("before_run", delivery)

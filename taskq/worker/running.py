@@ -63,7 +63,7 @@ class TaskRunner:
             if delivery.time_limit is not None:
                 limits.disarm_backstop()
 
-    def _wait_for_outcome(self, connection: Connection, future: Future, guard: limits.TaskThreadGuard,
+    def _wait_for_outcome(self, connection: Connection, future: Future[Outcome], guard: limits.TaskThreadGuard,
                           deadlines: limits.Deadlines) -> Outcome | None:
         """In-process worker (no watchdog): serve the connection until the task, on the task
         thread, ends; None if it ran past its hard time limit.

@@ -110,7 +110,7 @@ class Settler:
         # Unconfirmed, on a channel of its own: waiting for a confirm cost a round trip per
         # task and protects nothing (see publish_unconfirmed).
         envelope = delivery.envelope
-        assert envelope is not None
+        assert envelope is not None and envelope.reply_to is not None
         publish_unconfirmed(self.reply_channel, body, exchange="", routing_key=envelope.reply_to,
                             content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING,
                             properties={"correlation_id": envelope.id})
