@@ -14,6 +14,7 @@ from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
+from taskq.middleware.options import task_settings
 from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.pipeline import failed
 from taskq.results import AsyncResult, ReplyListener
@@ -193,7 +194,7 @@ class App:
                 ignore_result=ignore_result,
                 exchange=exchange,
                 routing_key=routing_key,
-                settings=self._task_settings(label, options),
+                settings=task_settings(self.middleware, CORE_TASK_OPTIONS, label, options),
             )
             refuse_unrunnable(fn, f"task {task_options.name!r}")
             if task_options.name in self.tasks:
@@ -203,23 +204,6 @@ class App:
             return task
 
         return register(function) if function is not None else register
-
-    def _task_settings(self, label: str, given: dict[str, Any]) -> dict[str, Any]:
-        """The middleware-owned options of a task, defaults filled in, each checked by its owner."""
-        settings: dict[str, Any] = {}
-        for middleware in self.middleware:
-            settings.update(middleware.task_options)
-        unknown = sorted(set(given) - set(settings))
-        if unknown:
-            known = ", ".join(sorted({*CORE_TASK_OPTIONS, *settings}))
-            raise ConfigurationError(f"task {label}: unknown option {', '.join(unknown)}; the options are {known}")
-        settings.update(given)
-        for middleware in self.middleware:
-            try:
-                middleware.check_task_options(settings)
-            except ValueError as exc:
-                raise ConfigurationError(f"task {label}: {exc}") from None
-        return settings
 
     # -- middleware and hooks --------------------------------------------------------------
 
