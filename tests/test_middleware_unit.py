@@ -217,3 +217,13 @@ def test_a_reply_is_wanted_only_by_a_caller_that_keeps_results():
     assert delivery(reply_to="amq.rabbitmq.reply-to").reply_wanted
     assert not delivery().reply_wanted
     assert Reply(task_id="x", ok=True).ok
+
+
+def test_app_hooks_ask_only_for_the_hooks_that_have_functions():
+    from taskq.middleware.app_hooks import AppHooks
+
+    hooks = AppHooks()
+    assert hooks.used_hooks() == set()
+    hooks.add("on_task_start", lambda delivery: None)
+    hooks.add("on_dead_letter", lambda delivery, decision: None)
+    assert hooks.used_hooks() == {"on_task_start", "on_settled"}
