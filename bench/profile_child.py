@@ -17,9 +17,11 @@ import sys
 import time
 
 from bench.common import BROKER_URL, delete_queues, queue_name
-from taskq import App, events
+from taskq import App
 from taskq.logs import configure_logging
+from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.worker.child import ChildWorker
+from taskq.worker.setup import WorkerSetup
 
 QUEUE = queue_name("profile")
 app = App("profile", broker=BROKER_URL)
@@ -37,8 +39,8 @@ def main(argv: list[str]) -> None:
     n = int(argv[0]) if argv and argv[0].isdigit() else 10_000
     configure_logging("warning")
     noop.map([()] * (n - 1) + [(True,)])
-    events.install(app, [QUEUE])
-    worker = ChildWorker(app, [QUEUE], owns_process=True)
+    setup = WorkerSetup.from_app(app, [QUEUE], [LifecycleEvents.from_env(app.name, [QUEUE])])
+    worker = ChildWorker(setup, owns_process=True)
     profiler = cProfile.Profile() if "--cprofile" in argv else None
     wall, cpu = time.perf_counter(), time.process_time()
     if profiler:

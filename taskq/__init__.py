@@ -15,6 +15,7 @@ from taskq.errors import (
     Unroutable,
 )
 from taskq.logs import get_logger
+from taskq.middleware import Delivery, Middleware
 from taskq.results import AsyncResult
 from taskq.task import Task
 
@@ -25,7 +26,9 @@ __all__ = [
     "AsyncResult",
     "BrokerError",
     "ConfigurationError",
+    "Delivery",
     "EncodeError",
+    "Middleware",
     "PublishError",
     "ResultLost",
     "Retry",

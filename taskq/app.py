@@ -7,15 +7,20 @@ import sys
 import threading
 import uuid
 from dataclasses import replace
-from typing import Any, Callable, overload
+from typing import Any, Callable, Iterable, TypeVar, overload
 
 from taskq import delay, routing, settings, topology
 from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
+from taskq.middleware import Middleware, default_middleware
+from taskq.middleware.options import task_settings
+from taskq.middleware.app_hooks import AppHooks
+from taskq.middleware.pipeline import failed
 from taskq.results import AsyncResult, ReplyListener
-from taskq.retry import RetryRules
 from taskq.task import Params, Returns, Task, TaskOptions, refuse_unrunnable
+
+Hook = TypeVar("Hook", bound=Callable[..., Any])
 
 
 class App:
@@ -30,6 +35,9 @@ class App:
     only) dead-letters a message redelivered that many times, e.g. one that kills every
     worker that takes it. Queues already on the broker keep their type: RabbitMQ refuses
     to redeclare a queue with other arguments.
+
+    ``middleware``: what the worker does around each task, in order (docs/middleware.md);
+    default ``taskq.middleware.default_middleware()`` (expiry, eta, retries, time limits).
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class App:
         max_priority: int | None = None,
         queue_type: str = settings.QUEUE_TYPE,
         delivery_limit: int | None = None,
+        middleware: Iterable[Middleware] | None = None,
     ) -> None:
         if queue_type not in topology.QUEUE_TYPES:
             raise ConfigurationError(f"queue_type must be one of {', '.join(topology.QUEUE_TYPES)}, not {queue_type!r}")
@@ -65,6 +74,9 @@ class App:
         self._queues: dict[tuple, Any] = {}  # see queue()
         self._dead_letter_queues: dict[tuple[str, str], Any] = {}
         self._lock = threading.RLock()
+        self.middleware: list[Middleware] = list(default_middleware() if middleware is None else middleware)
+        self._app_hooks: AppHooks | None = None
+        self._publish_hooks = self._hooks_of("before_publish")
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -149,15 +161,9 @@ class App:
         name: str | None = None,
         queue: str | None = None,
         ignore_result: bool = False,
-        max_retries: int | None = None,
-        retry_backoff: float = 1.0,
-        retry_backoff_max: float = 600.0,
-        retry_jitter: bool = True,
-        retry_for: tuple[type[BaseException], ...] = (Exception,),
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
         exchange: str | None = None,
         routing_key: str | None = None,
+        **options: Any,
     ) -> Callable[[Callable[Params, Returns]], Task[Params, Returns]]: ...
 
     def task(
@@ -167,55 +173,103 @@ class App:
         name=None,
         queue=None,
         ignore_result=False,
-        max_retries=None,
-        retry_backoff=1.0,
-        retry_backoff_max=600.0,
-        retry_jitter=True,
-        retry_for=(Exception,),
-        time_limit=None,
-        soft_time_limit=None,
         exchange=None,
         routing_key=None,
+        **options,
     ):
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders", max_retries=3)``.
 
-        Failures are not retried unless ``max_retries`` is set; then exceptions in
-        ``retry_for`` are retried after ``retry_backoff * 2**attempt`` seconds (capped by
-        ``retry_backoff_max``, jittered unless ``retry_jitter=False``). ``time_limit`` and
-        ``soft_time_limit`` are seconds (see docs/reliability.md).
-
         With ``exchange`` (and ``routing_key``, default the task's name) it is sent through
-        that exchange instead, to whichever queues ``app.bind`` bound to it.
+        that exchange instead, to whichever queues ``app.bind`` bound to it. The other
+        options belong to the app's middleware: ``max_retries``, ``retry_backoff``,
+        ``retry_backoff_max``, ``retry_jitter``, ``retry_for`` (taskq.middleware.Retries),
+        ``time_limit`` and ``soft_time_limit`` in seconds (TimeLimits; docs/reliability.md).
         """
 
         def register(fn: Callable[Params, Returns]) -> Task[Params, Returns]:
-            try:
-                options = TaskOptions(
-                    name=name or default_task_name(fn),
-                    queue=queue or self.default_queue,
-                    ignore_result=ignore_result,
-                    retry=RetryRules(
-                        max_retries=max_retries,
-                        retry_backoff=retry_backoff,
-                        retry_backoff_max=retry_backoff_max,
-                        retry_jitter=retry_jitter,
-                        retry_for=(retry_for,) if isinstance(retry_for, type) else tuple(retry_for),
-                    ),
-                    time_limit=time_limit,
-                    soft_time_limit=soft_time_limit,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"task {name or fn.__qualname__}: {exc}") from None
-            refuse_unrunnable(fn, f"task {options.name!r}")
-            if options.name in self.tasks:
-                raise ConfigurationError(f"two tasks are named {options.name!r}")
-            task = Task(self, fn, options)
-            self.tasks[options.name] = task
+            label = name or fn.__qualname__
+            task_options = TaskOptions(
+                name=name or default_task_name(fn),
+                queue=queue or self.default_queue,
+                ignore_result=ignore_result,
+                exchange=exchange,
+                routing_key=routing_key,
+                settings=task_settings(self.middleware, CORE_TASK_OPTIONS, label, options),
+            )
+            refuse_unrunnable(fn, f"task {task_options.name!r}")
+            if task_options.name in self.tasks:
+                raise ConfigurationError(f"two tasks are named {task_options.name!r}")
+            task = Task(self, fn, task_options)
+            self.tasks[task_options.name] = task
             return task
 
         return register(function) if function is not None else register
+
+    # -- middleware and hooks --------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware, *, before: type[Middleware] | None = None,
+                       after: type[Middleware] | None = None) -> None:
+        """Add a middleware at the end, or just before (after) the first of the app's middleware of that class.
+
+        Add it before declaring the tasks that use its options, and before workers start.
+        """
+        if before is not None and after is not None:
+            raise ConfigurationError("add_middleware takes before= or after=, not both")
+        anchor = before or after
+        position = len(self.middleware)
+        if anchor is not None:
+            found = [index for index, m in enumerate(self.middleware) if isinstance(m, anchor)]
+            if not found:
+                raise ConfigurationError(f"add_middleware: the app has no {anchor.__name__} middleware")
+            position = found[0] if before is not None else found[0] + 1
+        self.middleware.insert(position, middleware)
+        self._publish_hooks = self._hooks_of("before_publish")
+
+    def _hooks_of(self, hook: str) -> list[Callable[..., Any]]:
+        return [getattr(m, hook) for m in self.middleware if hook in m.used_hooks()]
+
+    def _hook(self, name: str, function: Hook) -> Hook:
+        if self._app_hooks is None:
+            self._app_hooks = AppHooks()
+            self.middleware.append(self._app_hooks)
+        self._app_hooks.add(name, function)
+        return function
+
+    def on_task_start(self, function: Hook) -> Hook:
+        """Decorator: ``function(delivery)`` runs in the worker just before each task (taskq.middleware.Delivery)."""
+        return self._hook("on_task_start", function)
+
+    def on_task_success(self, function: Hook) -> Hook:
+        """Decorator: ``function(delivery)`` after a task returned (``delivery.outcome.reply.result``) and was acked."""
+        return self._hook("on_task_success", function)
+
+    def on_task_failure(self, function: Hook) -> Hook:
+        """Decorator: ``function(delivery)`` after a task raised (``delivery.outcome.exception``), before its retry or dead letter."""
+        return self._hook("on_task_failure", function)
+
+    def on_task_retry(self, function: Hook) -> Hook:
+        """Decorator: ``function(delivery, decision)`` once a failed task was sent again (``decision.countdown`` s)."""
+        return self._hook("on_task_retry", function)
+
+    def on_dead_letter(self, function: Hook) -> Hook:
+        """Decorator: ``function(delivery, decision)`` once a message went to ``<queue>.dead`` (``decision.reason``)."""
+        return self._hook("on_dead_letter", function)
+
+    def on_worker_start(self, function: Hook) -> Hook:
+        """Decorator: ``function(worker)`` in each worker child as it starts (taskq.middleware.WorkerInfo)."""
+        return self._hook("on_worker_start", function)
+
+    def on_worker_stop(self, function: Hook) -> Hook:
+        """Decorator: ``function()`` in each worker child as it stops."""
+        return self._hook("on_worker_stop", function)
+
+    def _before_publish(self, message: TaskMessage, headers: dict[str, Any]) -> dict[str, Any]:
+        for hook in self._publish_hooks:
+            try:
+                hook(message, headers)
+            except Exception as exc:  # a tracing exporter's bug must not stop the send
+                failed(hook, "before_publish", exc)
+        return headers
 
     # -- sending -------------------------------------------------------------------------
 
@@ -266,7 +320,10 @@ class App:
                 "declare": [self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
             }
         try:
-            self.broker.publish(message.body(), headers=message.headers(), budget=budget, **target, **properties)
+            headers = message.headers()
+            if self._publish_hooks:
+                self._before_publish(message, headers)
+            self.broker.publish(message.body(), headers=headers, budget=budget, **target, **properties)
         except BaseException:
             if listener is not None:
                 listener.forget(message.id)
@@ -287,7 +344,10 @@ class App:
                 message = replace(message, reply_to=reply_to)
                 properties.update(reply_to=reply_to, correlation_id=message.id)
                 listener.expect(message.id)
-            outgoing.append(Outgoing(message.body(), queue, message.headers(), properties))
+            headers = message.headers()
+            if self._publish_hooks:
+                self._before_publish(message, headers)
+            outgoing.append(Outgoing(message.body(), queue, headers, properties))
         try:
             self.broker.publish_many(outgoing, declare=[self.queue(queue), self.dead_letter_queue(queue)])
         except BaseException:
@@ -391,6 +451,10 @@ class App:
         self._listener = None
         if self._broker is not None:
             self._broker.forget_connections_after_fork()
+
+
+#: The options of ``@app.task`` that are the App's own; the rest belong to its middleware.
+CORE_TASK_OPTIONS = ("name", "queue", "ignore_result", "exchange", "routing_key")
 
 
 def default_task_name(function: Callable[..., Any]) -> str:

@@ -30,9 +30,9 @@ gets every line logged after it bound. ``worker.*`` events are always sent (they
 rare, and ``taskq status`` waits for a heartbeat). Brokers that don't return messages
 (the embedded one) always get everything.
 
-The child calls the module functions (``attach``, ``tick``, ``task_started`` ...) at clear
-points of its loop; each is a no-op in a process that never called ``install``, so the
-task path and the tests of other modules don't need a broker for events.
+A worker child holds one Broadcaster through the lifecycle-events middleware
+(taskq/middleware/lifecycle_events.py), which calls it at the pipeline's hooks; a process
+without that middleware (an in-process test worker) broadcasts nothing.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ from taskq.broker import publish_unconfirmed
 if TYPE_CHECKING:
     from kombu import Connection
 
-    from taskq.app import App
     from taskq.message import TaskMessage
 
 HEARTBEAT_INTERVAL_ENV = "TASKQ_HEARTBEAT_INTERVAL"
@@ -354,6 +353,10 @@ class Broadcaster:
 
     # -- lifecycle bookkeeping ------------------------------------------------------------
 
+    def task_received(self, message: TaskMessage, queue_name: str) -> None:
+        if self.wants("task.received"):
+            self._emit("task.received", task_fields(message, queue_name))
+
     def task_started(self, message: TaskMessage, queue_name: str) -> None:
         self.current = (message, queue_name, time.time())
         if self.wants("task.started"):
@@ -378,81 +381,5 @@ def returned_id(message: Any) -> str | None:
     return (getattr(message, "properties", None) or {}).get("message_id")
 
 
-_active: Broadcaster | None = None
-
-
-def install(app: App, queue_names: list[str]) -> Broadcaster:
-    """In a worker child: start broadcasting this process's log records and events.
-
-    The processor goes just before the renderer, so a broadcast record has the level,
-    timestamp, task context and formatted exception the local line has.
-    """
-    global _active
-    _active = Broadcaster(
-        app.name,
-        queue_names,
-        heartbeat_interval=number_from_env(HEARTBEAT_INTERVAL_ENV, DEFAULT_HEARTBEAT_INTERVAL, 0.1),
-        flush_interval=number_from_env(FLUSH_INTERVAL_ENV, DEFAULT_FLUSH_INTERVAL, 0.0),
-        batch=int(number_from_env(BATCH_ENV, DEFAULT_BATCH, 1)),
-        broadcast=os.environ.get(BROADCAST_ENV, "on").lower() not in ("off", "0", "false", "no"),
-    )
-    processors = list(structlog.get_config()["processors"])
-    processors.insert(max(len(processors) - 1, 0), _active.log_processor)
-    structlog.configure(processors=processors)
-    return _active
-
-
-def attach(connection: Connection) -> None:
-    if _active is not None:
-        _active.attach(connection)
-
-
-def detach() -> None:
-    if _active is not None:
-        _active.detach()
-
-
-def tick() -> None:
-    if _active is not None:
-        _active.tick()
-
-
 def task_fields(message: TaskMessage, queue_name: str) -> dict[str, Any]:
     return {"task": message.task, "task_id": message.id, "queue": queue_name, "attempt": message.attempts + 1}
-
-
-def task_received(message: TaskMessage, queue_name: str) -> None:
-    if _active is not None and _active.wants("task.received"):
-        _active._emit("task.received", task_fields(message, queue_name))
-
-
-def task_started(message: TaskMessage, queue_name: str) -> None:
-    if _active is not None:
-        _active.task_started(message, queue_name)
-
-
-def task_finished(message: TaskMessage, queue_name: str, ok: bool, runtime: float, exc_type: str = "", exc_message: str = "") -> None:
-    """``task.succeeded`` with its runtime, or ``task.failed`` with the exception."""
-    if _active is not None:
-        _active.task_finished(message, queue_name, ok, runtime, exc_type, exc_message)
-
-
-def task_retried(message: TaskMessage, queue_name: str, *, delay: float | None = None, exc_type: str = "", exc_message: str = "") -> None:
-    """Hook for the retry machinery: the task failed and was sent again, after ``delay`` seconds."""
-    if _active is not None:
-        _active.emit("task.retried", delay=delay, exc_type=exc_type, exc_message=exc_message, **task_fields(message, queue_name))
-
-
-def task_dead_lettered(queue_name: str, reason: str, detail: str, headers: dict[str, Any] | None = None) -> None:
-    """The message went to ``<queue>.dead``; task name and id when its headers had them."""
-    if _active is not None:
-        headers = headers or {}
-        _active.emit(
-            "task.dead_lettered",
-            queue=queue_name,
-            dead_letter_queue=topology.dead_letter_queue_name(queue_name),
-            reason=reason,
-            detail=detail,
-            task=headers.get("task"),
-            task_id=headers.get("id"),
-        )

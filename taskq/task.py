@@ -8,12 +8,11 @@ import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Mapping, ParamSpec, TypeVar
 
 from taskq import delay
 from taskq.errors import UnsupportedTask
 from taskq.message import TaskMessage
-from taskq.retry import RetryRules
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -25,24 +24,18 @@ Returns = TypeVar("Returns")  # what it returns, and so what ``AsyncResult.get()
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """What a task's decorator said; plain data so the worker and the CLI can read it."""
+    """What a task's decorator said; plain data so the worker and the CLI can read it.
+
+    The core options are fields; the options a middleware owns (``max_retries``,
+    ``time_limit``, ... see ``Middleware.task_options``) are in ``settings``, defaults filled in.
+    """
 
     name: str
     queue: str
     ignore_result: bool = False
-    retry: RetryRules = field(default_factory=RetryRules)
-    time_limit: float | None = None  # seconds; past it the worker child is replaced and the attempt fails
-    soft_time_limit: float | None = None  # seconds; past it SoftTimeLimitExceeded is raised in the task
     exchange: str | None = None  # a named exchange instead of the queue (see App.bind)
     routing_key: str | None = None  # with ``exchange``; default the task's name
-
-    def __post_init__(self) -> None:
-        for name in ("time_limit", "soft_time_limit"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
-        if self.time_limit and self.soft_time_limit and self.soft_time_limit >= self.time_limit:
-            raise ValueError("soft_time_limit must be shorter than time_limit, or it never fires")
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def refuse_unrunnable(function: Callable[..., Any], label: str) -> None:

@@ -20,6 +20,7 @@ from kombu.transport import memory
 
 from taskq.app import App
 from taskq.worker.child import ChildWorker
+from taskq.worker.setup import WorkerSetup
 
 IDLE_TICK = 0.01
 
@@ -36,7 +37,7 @@ class InlineWorker:
 
     def __init__(self, app: App, queues: list[str] | None = None) -> None:
         self.app = app
-        self.child = ChildWorker(app, queues or app.queue_names, tick=IDLE_TICK)
+        self.child = ChildWorker(WorkerSetup.from_app(app, queues or app.queue_names), tick=IDLE_TICK)
         self._thread = threading.Thread(target=self.child.run, name="taskq-inline-worker", daemon=True)
 
     def start(self) -> InlineWorker:

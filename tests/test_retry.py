@@ -7,6 +7,7 @@ import random
 import pytest
 
 from taskq import App, ConfigurationError, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from taskq.middleware.retries import rules_from
 from taskq.retry import EXPLICIT_RETRY_LIMIT, RetryRules, backoff, decide
 
 
@@ -104,6 +105,6 @@ def test_publish_retry_window_is_bounded_and_not_empty():
 def test_retry_for_accepts_a_single_class_and_refuses_non_exceptions():
     app = App("retry-for")
     task = app.task(max_retries=1, retry_for=KeyError, name="one")(lambda: None)
-    assert task.options.retry.retry_for == (KeyError,)
+    assert rules_from(task.options.settings).retry_for == (KeyError,)
     with pytest.raises(ConfigurationError, match="exception classes"):
         app.task(max_retries=1, retry_for=("KeyError",), name="two")(lambda: None)

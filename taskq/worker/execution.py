@@ -4,43 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
+from taskq.middleware.delivery import Outcome, failure
 from taskq.task import Task
 
 if TYPE_CHECKING:
     from taskq.worker.limits import TaskThreadGuard
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A finished run: the reply to send (already encoded, so encoding errors are caught here)."""
-
-    reply: Reply
-    body: bytes
-    runtime: float
-    exception: BaseException | None = None  # what the task raised, for the retry decision
-
-
-def exception_type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-
-
-def failure(task_id: str, exc: BaseException) -> Reply:
-    return Reply(
-        task_id=task_id,
-        ok=False,
-        exc_type=exception_type_name(exc),
-        exc_message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
 
 
 def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuard | None = None,

@@ -1,0 +1,30 @@
+"""Middleware: what the worker does around each task, as ordered, pluggable steps.
+
+``App(middleware=[...])`` replaces the defaults below; ``app.add_middleware(m, before=...,
+after=...)`` adds one. See docs/middleware.md.
+"""
+
+from __future__ import annotations
+
+from taskq.middleware.base import Middleware, WorkerInfo
+from taskq.middleware.decisions import DeadLetter, Decision, Redelay, Retry, Skip, Succeeded
+from taskq.middleware.delivery import Delivery, Outcome
+from taskq.middleware.eta import EtaRedelay
+from taskq.middleware.expiry import Expiry
+from taskq.middleware.retries import Retries
+from taskq.middleware.time_limits import TimeLimits
+
+
+def default_middleware() -> list[Middleware]:
+    """What every App has unless told otherwise, in the order their hooks run.
+
+    (The lifecycle-events middleware is added by each worker child, which owns the
+    broadcaster: an in-process test worker broadcasts nothing.)
+    """
+    return [Expiry(), EtaRedelay(), Retries(), TimeLimits()]
+
+
+__all__ = [
+    "DeadLetter", "Decision", "Delivery", "EtaRedelay", "Expiry", "Middleware", "Outcome", "Redelay", "Retries",
+    "Retry", "Skip", "Succeeded", "TimeLimits", "WorkerInfo", "default_middleware",
+]

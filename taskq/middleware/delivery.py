@@ -1,0 +1,80 @@
+"""What one message is while a worker handles it, and what its run came to: plain data
+the middleware hooks read, so no hook needs the connection, the channels or the App."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from taskq.message import Reply, TaskMessage, message_body
+
+if TYPE_CHECKING:
+    from taskq.task import Task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run: the reply to send (already encoded, so encoding errors are caught here)."""
+
+    reply: Reply
+    body: bytes
+    runtime: float
+    exception: BaseException | None = None  # what the task raised, for the retry decision
+
+
+@dataclass
+class Delivery:
+    """One message from receipt to settlement; filled in as the pipeline goes.
+
+    ``envelope`` and ``task`` stay None for a message that could not be decoded or names
+    no task of this app: such a message never reaches the run hooks.
+    """
+
+    queue: str  #: the queue it was consumed from
+    message: Any  #: the kombu Message, as received (headers, properties, ack)
+    received_at: float = field(default_factory=time.monotonic)
+    envelope: TaskMessage | None = None  #: the decoded task message
+    task: Task[..., Any] | None = None  #: looked up once, when decoded
+    started_at: float | None = None  #: monotonic, when the run began
+    outcome: Outcome | None = None  #: set once the run ended
+    soft_time_limit: float | None = None  #: seconds, set by the time-limits middleware
+    time_limit: float | None = None
+
+    @property
+    def body(self) -> bytes:
+        return message_body(self.message.body)
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, ..."""
+        return self.envelope.attempts + 1 if self.envelope is not None else 1
+
+    @property
+    def reply_wanted(self) -> bool:
+        """Whether a caller waits for a reply: it said where, and the task keeps results."""
+        envelope = self.envelope
+        if envelope is None or not envelope.reply_to:
+            return False
+        return not (self.task is not None and self.task.options.ignore_result)
+
+
+def exception_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def failure(task_id: str, exc: BaseException) -> Reply:
+    return Reply(
+        task_id=task_id,
+        ok=False,
+        exc_type=exception_type_name(exc),
+        exc_message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def dead_letter_reply(task_message: TaskMessage, detail: str) -> Reply:
+    """What the caller of a task that was dead-lettered without running gets from ``get()``."""
+    return Reply(task_id=task_message.id, ok=False, exc_type="taskq.DeadLettered", exc_message=detail)

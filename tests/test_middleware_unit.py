@@ -1,0 +1,229 @@
+"""The middleware protocol and each shipped middleware, without a broker: plain objects in, decisions out."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from taskq import App, ConfigurationError
+from taskq.errors import Retry as RetryRequest
+from taskq.events import Broadcaster
+from taskq.message import Reply, TaskMessage
+from taskq.middleware import (
+    DeadLetter,
+    Delivery,
+    EtaRedelay,
+    Expiry,
+    Middleware,
+    Outcome,
+    Redelay,
+    Retries,
+    Retry,
+    TimeLimits,
+    WorkerInfo,
+    default_middleware,
+)
+from taskq.middleware.delivery import failure
+from taskq.middleware.lifecycle_events import LifecycleEvents
+from taskq.middleware.pipeline import Pipeline
+from taskq.middleware.time_limits import hard_limit_outcome
+
+app = App("middleware-unit")
+
+
+@app.task(max_retries=2, retry_backoff=0.5, retry_jitter=False, time_limit=5, soft_time_limit=2)
+def flaky() -> None: ...
+
+
+@app.task
+def plain() -> None: ...
+
+
+def delivery(task=plain, *, attempts: int = 0, eta: float | None = None, expires: float | None = None,
+             reply_to: str = "") -> Delivery:
+    envelope = TaskMessage(id="id-1", task=task.name, attempts=attempts, eta=eta, expires_at=expires, reply_to=reply_to)
+    return Delivery("orders", SimpleNamespace(headers={}, properties={}, body=b""), envelope=envelope, task=task)
+
+
+def failed_with(exc: BaseException) -> Outcome:
+    return Outcome(reply=failure("id-1", exc), body=b"", runtime=0.1, exception=exc)
+
+
+def worker_info(broker_delays: bool = True) -> WorkerInfo:
+    return WorkerInfo("shop", ("orders",), broker_delays, 1)
+
+
+# -- the pipeline -----------------------------------------------------------------------------
+
+
+class Recording(Middleware):
+    def __init__(self, calls: list[str], name: str, decision=None) -> None:
+        self.calls, self.name, self.decision = calls, name, decision
+
+    def before_run(self, delivery):
+        self.calls.append(self.name)
+        return self.decision
+
+
+class Broken(Middleware):
+    def on_task_start(self, delivery):
+        raise RuntimeError("bug in a hook")
+
+    def before_run(self, delivery):
+        raise RuntimeError("bug in a decision hook")
+
+
+def test_only_middleware_overriding_a_hook_are_called_for_it():
+    pipeline = Pipeline([Middleware(), Expiry(), Recording([], "r")])
+    assert pipeline.wants("before_run") and not pipeline.wants("on_task_start")
+    assert len(pipeline._hooks["before_run"]) == 2  # Expiry and Recording, not the no-op base
+
+
+def test_the_first_decision_wins_in_order_and_the_rest_are_not_asked():
+    calls: list[str] = []
+    stop = DeadLetter("no", "because")
+    pipeline = Pipeline([Recording(calls, "a"), Recording(calls, "b", stop), Recording(calls, "c", Redelay())])
+    assert pipeline.decide("before_run", delivery()) is stop
+    assert calls == ["a", "b"]
+
+
+def test_a_failing_hook_is_logged_and_the_others_still_run():
+    calls: list[str] = []
+    pipeline = Pipeline([Broken(), Recording(calls, "after")])
+    pipeline.notify("on_task_start", delivery())
+    assert pipeline.decide("before_run", delivery()) is None
+    assert calls == ["after"]
+
+
+def test_the_defaults_are_listed_once_in_hook_order():
+    assert [type(m) for m in default_middleware()] == [Expiry, EtaRedelay, Retries, TimeLimits]
+
+
+# -- expiry and eta ---------------------------------------------------------------------------
+
+
+def test_an_expired_message_is_dead_lettered_and_its_caller_told():
+    decision = Expiry().before_run(delivery(expires=time.time() - 1, reply_to="r"))
+    assert isinstance(decision, DeadLetter) and decision.reason == "expired"
+    assert decision.reply is not None and decision.reply.exc_type == "taskq.DeadLettered"
+    assert Expiry().before_run(delivery(expires=time.time() + 60)) is None
+
+
+def test_an_early_message_goes_round_again_only_where_the_broker_delays():
+    eta = EtaRedelay()
+    eta.on_worker_start(worker_info(broker_delays=True))
+    assert isinstance(eta.before_run(delivery(eta=time.time() + 60)), Redelay)
+    assert eta.before_run(delivery(eta=time.time())) is None  # due: run it
+    eta.on_worker_start(worker_info(broker_delays=False))
+    assert eta.before_run(delivery(eta=time.time() + 60)) is None  # the in-memory broker: run it now
+
+
+# -- retries and time limits -----------------------------------------------------------------
+
+
+def test_retries_wrap_retry_decide():
+    retries = Retries()
+    first = delivery(flaky, attempts=0)
+    first.outcome = failed_with(ValueError("db down"))
+    assert retries.decide_failure(first) == Retry(countdown=0.5)
+    last = delivery(flaky, attempts=2)
+    last.outcome = failed_with(ValueError("db down"))
+    decision = retries.decide_failure(last)
+    assert isinstance(decision, DeadLetter) and decision.reason == "retries-exhausted" and decision.attempts == 3
+    assert decision.detail == "ValueError: db down"
+
+
+def test_without_max_retries_a_failure_is_dead_lettered_but_an_explicit_retry_is_honoured():
+    retries = Retries()
+    once = delivery(plain)
+    once.outcome = failed_with(KeyError("x"))
+    assert retries.decide_failure(once).reason == "failed"
+    asked = delivery(plain)
+    asked.outcome = failed_with(RetryRequest(countdown=3))
+    assert retries.decide_failure(asked) == Retry(countdown=3.0)
+
+
+def test_time_limits_come_from_the_task_and_a_hard_limit_is_a_failure():
+    limited = delivery(flaky)
+    assert TimeLimits().before_run(limited) is None
+    assert (limited.soft_time_limit, limited.time_limit) == (2, 5)
+    outcome = hard_limit_outcome(limited)
+    assert not outcome.reply.ok and outcome.reply.exc_type == "taskq.errors.TimeLimitExceeded"
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"time_limit": 0}, "time_limit must be a positive"),
+    ({"time_limit": 2, "soft_time_limit": 3}, "soft_time_limit must be shorter"),
+    ({"max_retries": -1}, "max_retries must be >= 0"),
+])
+def test_each_middleware_checks_the_options_it_owns(options, problem):
+    with pytest.raises(ConfigurationError, match=problem):
+        App("checks").task(**options)(lambda: None)
+
+
+# -- task options and ordering ------------------------------------------------------------------
+
+
+def test_an_unknown_task_option_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigurationError, match=r"unknown option max_retry; the options are .*max_retries.*time_limit"):
+        App("typo").task(max_retry=3)(lambda: None)
+
+
+def test_an_option_belongs_to_its_middleware():
+    bare = App("bare", middleware=[])
+    with pytest.raises(ConfigurationError, match="unknown option max_retries"):
+        bare.task(max_retries=3)(lambda: None)
+
+    class Priority(Middleware):
+        task_options = {"rate_limit": None}
+
+    bare.add_middleware(Priority())
+    task = bare.task(rate_limit="10/s")(lambda: None)
+    assert task.options.settings == {"rate_limit": "10/s"}
+
+
+def test_add_middleware_before_and_after():
+    ordered = App("ordered")
+    first, last = Middleware(), Middleware()
+    ordered.add_middleware(first, before=Expiry)
+    ordered.add_middleware(last, after=Retries)
+    assert [type(m) for m in ordered.middleware] == [Middleware, Expiry, EtaRedelay, Retries, Middleware, TimeLimits]
+    assert ordered.middleware[0] is first and ordered.middleware[4] is last
+    with pytest.raises(ConfigurationError, match="no LifecycleEvents middleware"):
+        ordered.add_middleware(Middleware(), before=LifecycleEvents)
+
+
+# -- lifecycle events ---------------------------------------------------------------------------
+
+
+def test_lifecycle_events_follow_the_hooks():
+    broadcaster = Broadcaster("shop", ["orders"])
+    events = LifecycleEvents(broadcaster)
+    failing = delivery(flaky)
+    failing.outcome = failed_with(ValueError("db down"))
+    events.on_received(failing)
+    events.on_task_start(failing)
+    events.on_task_failed(failing)
+    events.on_settled(failing, Retry(countdown=0.5))
+    events.on_settled(failing, DeadLetter("failed", "ValueError: db down", headers={"task": flaky.name, "id": "id-1"}))
+    kinds = [key for _, key, _ in broadcaster._pending]
+    assert kinds == ["task.received", "task.started", "task.failed", "task.retried", "task.dead_lettered"]
+    assert broadcaster.tasks_failed == 1 and broadcaster.current is None
+
+
+def test_a_reply_is_wanted_only_by_a_caller_that_keeps_results():
+    assert delivery(reply_to="amq.rabbitmq.reply-to").reply_wanted
+    assert not delivery().reply_wanted
+    assert Reply(task_id="x", ok=True).ok
+
+
+def test_app_hooks_ask_only_for_the_hooks_that_have_functions():
+    from taskq.middleware.app_hooks import AppHooks
+
+    hooks = AppHooks()
+    assert hooks.used_hooks() == set()
+    hooks.add("on_task_start", lambda delivery: None)
+    hooks.add("on_dead_letter", lambda delivery, decision: None)
+    assert hooks.used_hooks() == {"on_task_start", "on_settled"}
