@@ -12,7 +12,6 @@ are not thread-safe); running.py keeps the connection served while a task runs.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import time
@@ -22,6 +21,7 @@ import structlog
 from kombu import Connection, Consumer
 
 from taskq import routing
+from taskq.backoff import reconnect_backoff
 from taskq.broker import REFUSALS, connection_problem
 from taskq.errors import BrokerError
 from taskq.message import InvalidMessage, decode_task
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskq.worker")
 
 TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
-RECONNECT_BACKOFF_MAX = 10.0  # seconds; the cap of the reconnect backoff (jittered)
 #: The child's exit status when the broker itself is unusable: it refused our login or vhost
 #: (broker.REFUSALS) REFUSED_ATTEMPTS times in a row (riding out a user or vhost being created
 #: just now), or raised BrokerError (say, a damaged embedded broker file). Every child forked
@@ -107,7 +106,7 @@ class ChildWorker:
             self.pipeline.notify("on_worker_stop")
 
     def _reconnecting(self) -> int:
-        backoff = 0.5
+        failures = 0  # connections lost in a row: the reconnect backoff grows with it
         refusals = 0
         while not self.stopping:
             connection = self.broker.connect(heartbeat=self.setup.heartbeat)
@@ -121,12 +120,12 @@ class ChildWorker:
                                   error=connection_problem(self.broker.masked_url, exc))
                         return EXIT_BROKER_UNUSABLE
                     raise
-                backoff, refusals = 0.5, 0
+                failures, refusals = 0, 0
                 self._serve(connection)
             except self.broker.connection_errors as exc:
                 # Deliveries of the dead channel can't be acked: the broker requeued them.
                 self._inbox.clear()
-                pause = random.uniform(backoff / 2, backoff)  # spread a fleet's reconnects
+                pause = reconnect_backoff(failures)  # jittered: spreads a fleet's reconnects
                 log.warning(
                     "broker refused the connection, retrying" if refusals else "broker connection lost, reconnecting",
                     broker=self.broker.masked_url,
@@ -134,7 +133,7 @@ class ChildWorker:
                     retry_in=round(pause, 1),
                 )
                 self._sleep_unless_stopping(pause)
-                backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX)
+                failures += 1
             finally:
                 connection.collect()
         return 0
