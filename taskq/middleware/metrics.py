@@ -12,6 +12,7 @@ letter's reason folded into the closed set below: never free text a message brin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -34,6 +35,19 @@ NO_TASK = "?"  #: the task label of a message that names no task of this app (or
 RUN_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                        30.0, 60.0, 120.0, 300.0, 600.0)
 LABELS = ("task", "queue")
+
+
+@dataclass(frozen=True)
+class TaskSeries:
+    """One (task, queue)'s series of each metric, looked up once (``labels()`` costs more than ``inc()``):
+    all made at its first message, at 0, so a rate of failures is 0 rather than missing."""
+
+    received: Counter
+    succeeded: Counter
+    failed: Counter
+    retried: Counter
+    run_seconds: Histogram
+    in_flight: Gauge
 
 
 class PrometheusMetrics(Middleware):
@@ -61,9 +75,10 @@ class PrometheusMetrics(Middleware):
                                      buckets=buckets)
         self.in_flight = Gauge("taskq_tasks_in_flight", "Tasks running now.", LABELS, registry=registry,
                                multiprocess_mode="livesum")
-        # The runs started and not yet ended, with their gauge: a run can end without an outcome
-        # (its connection lost, an error of the worker's), and must not stay counted then.
-        self._running: list[tuple[Delivery, Gauge]] = []
+        self._series: dict[tuple[str, str], TaskSeries] = {}
+        # The runs started and not yet ended: a run can end without an outcome (its connection
+        # lost, an error of the worker's), and must not stay in flight then.
+        self._running: list[tuple[Delivery, TaskSeries]] = []
 
     def on_connect(self, connection: Connection) -> None:
         """A new connection: whatever ran on the old one was requeued by the broker, so it is over here."""
@@ -71,39 +86,51 @@ class PrometheusMetrics(Middleware):
             self._ended(self._running[0][0])
 
     def on_received(self, delivery: Delivery) -> None:
-        self.received.labels(*labels(delivery)).inc()
+        self.series(delivery).received.inc()
 
     def on_task_start(self, delivery: Delivery) -> None:
-        gauge = self.in_flight.labels(*labels(delivery))
-        gauge.inc()
-        self._running.append((delivery, gauge))
+        series = self.series(delivery)
+        series.in_flight.inc()
+        self._running.append((delivery, series))
 
     def on_task_succeeded(self, delivery: Delivery) -> None:
-        self._finished(delivery, self.succeeded)
+        series = self.series(delivery)
+        series.succeeded.inc()
+        self._finished(delivery, series)
 
     def on_task_failed(self, delivery: Delivery) -> None:
-        self._finished(delivery, self.failed)
+        series = self.series(delivery)
+        series.failed.inc()
+        self._finished(delivery, series)
 
     def on_settled(self, delivery: Delivery, decision: Decision) -> None:
         self._ended(delivery)  # a run dead-lettered as a worker error ends here, without an outcome
         if isinstance(decision, Retry):
-            self.retried.labels(*labels(delivery)).inc()
+            self.series(delivery).retried.inc()
         elif isinstance(decision, DeadLetter):
             reason = decision.reason if decision.reason in DEAD_LETTER_REASONS else OTHER_REASON
             self.dead_lettered.labels(*labels(delivery), reason).inc()
 
-    def _finished(self, delivery: Delivery, outcome_counter: Counter) -> None:
-        task_labels = labels(delivery)
-        outcome_counter.labels(*task_labels).inc()
+    def series(self, delivery: Delivery) -> TaskSeries:
+        key = labels(delivery)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = TaskSeries(
+                self.received.labels(*key), self.succeeded.labels(*key), self.failed.labels(*key),
+                self.retried.labels(*key), self.run_seconds.labels(*key), self.in_flight.labels(*key),
+            )
+        return series
+
+    def _finished(self, delivery: Delivery, series: TaskSeries) -> None:
         if delivery.outcome is not None:
-            self.run_seconds.labels(*task_labels).observe(delivery.outcome.runtime)
+            series.run_seconds.observe(delivery.outcome.runtime)
         self._ended(delivery)
 
     def _ended(self, delivery: Delivery) -> None:
-        for index, (running, gauge) in enumerate(self._running):
+        for index, (running, series) in enumerate(self._running):
             if running is delivery:
                 del self._running[index]
-                gauge.dec()
+                series.in_flight.dec()
                 return
 
 
