@@ -17,6 +17,7 @@ from taskq.errors import ConfigurationError
 from taskq.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
+    from taskq.worker import WorkerOptions
     from taskq.worker.metrics_export import MetricsExport
 
 
@@ -76,7 +77,7 @@ def start_metrics(port: int) -> MetricsExport:
         raise UserError(str(exc)) from None
 
 
-def banner(app: App, options, metrics: MetricsExport | None = None) -> str:
+def banner(app: App, options: WorkerOptions, metrics: MetricsExport | None = None) -> str:
     tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
     broker = app.broker.masked_url
     if is_embedded(app.broker.url):
