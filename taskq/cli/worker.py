@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,10 @@ from taskq.broker import is_embedded
 from taskq.cli.common import UserError, app_from_option, app_option, broker_option, queue_names_option
 from taskq.errors import ConfigurationError
 from taskq.logs import LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from taskq.worker import WorkerOptions
+    from taskq.worker.metrics_export import MetricsExport
 
 
 @click.command()
@@ -30,27 +35,49 @@ from taskq.logs import LEVELS, configure_logging
     "--heartbeat", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
     help="AMQP heartbeat interval of the children's connections (default: the app's, 30).",
 )
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+    help="Serve all children's Prometheus metrics at http://HOST:PORT/metrics (the metrics extra).",
+)
 def worker(
     app_path: str, queues: str | None, concurrency: int | None, broker: str | None,
-    loglevel: str, log_format: str, heartbeat: float | None,
+    loglevel: str, log_format: str, heartbeat: float | None, metrics_port: int | None,
 ) -> None:
     """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
     from taskq.worker import Supervisor, WorkerOptions
 
     configure_logging(loglevel, log_format)
-    app = app_from_option(app_path, broker)
-    if heartbeat is not None:
-        app.heartbeat = heartbeat
-    options = WorkerOptions(queues=queue_names_option(queues, app), concurrency=concurrency or os.cpu_count() or 1)
+    # Before the app is loaded: it may import prometheus_client, which must find its directory set.
+    metrics = start_metrics(metrics_port) if metrics_port is not None else None
     try:
-        supervisor = Supervisor(app, options)
+        app = app_from_option(app_path, broker)
+        if heartbeat is not None:
+            app.heartbeat = heartbeat
+        if metrics is not None:
+            metrics.add_to(app)
+        options = WorkerOptions(queues=queue_names_option(queues, app), concurrency=concurrency or os.cpu_count() or 1)
+        try:
+            supervisor = Supervisor(app, options, metrics)
+        except ConfigurationError as exc:
+            raise UserError(str(exc)) from None
+        click.echo(banner(app, options, metrics), err=True)
+        exit_code = supervisor.run()
+    finally:
+        if metrics is not None:
+            metrics.close()  # the children are gone: their files can go too
+    sys.exit(exit_code)
+
+
+def start_metrics(port: int) -> MetricsExport:
+    from taskq.worker.metrics_export import MetricsExport
+
+    try:
+        return MetricsExport.start(port)
     except ConfigurationError as exc:
         raise UserError(str(exc)) from None
-    click.echo(banner(app, options), err=True)
-    sys.exit(supervisor.run())
 
 
-def banner(app: App, options) -> str:
+def banner(app: App, options: WorkerOptions, metrics: MetricsExport | None = None) -> str:
     tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
     broker = app.broker.masked_url
     if is_embedded(app.broker.url):
@@ -62,5 +89,7 @@ def banner(app: App, options) -> str:
         f"  broker:      {broker}\n"
         f"  queues:      {', '.join(options.queues)}\n"
         f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
-        f"  tasks:\n{tasks}"
+        + (f"  metrics:     {metrics.url} (all children; PROMETHEUS_MULTIPROC_DIR={metrics.directory})\n"
+           if metrics is not None else "")
+        + f"  tasks:\n{tasks}"
     )

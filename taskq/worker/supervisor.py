@@ -1,7 +1,9 @@
 """The supervisor: starts N children, replaces the ones that die, and stops them on a signal.
 
 It never connects to the broker itself: a crash-looping child can't take the supervisor
-down, and the children are forked from a process that holds no sockets or threads.
+down, and the children are forked from a process that holds no sockets or threads (but,
+with ``--metrics-port``, the metrics server's: its thread only reads the metrics files, and
+each child closes its copy of the socket).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from taskq.app import App
 from taskq.worker.child import EXIT_BROKER_UNUSABLE, child_main
 from taskq.worker.limits import EXIT_TIME_LIMIT
+
+if TYPE_CHECKING:
+    from taskq.worker.metrics_export import MetricsExport
 
 log = structlog.get_logger("taskq.worker")
 
@@ -41,13 +46,14 @@ class ChildProcess:
 class Supervisor:
     """Keeps ``concurrency`` children alive until a signal says stop."""
 
-    def __init__(self, app: App, options: WorkerOptions) -> None:
+    def __init__(self, app: App, options: WorkerOptions, metrics: MetricsExport | None = None) -> None:
         # A queue name the app can't declare would fail in every child, and every
         # replacement: refuse it here, once, with the reason (ConfigurationError).
         for name in options.queues:
             app.queue(name)
         self.app = app
         self.options = options
+        self.metrics = metrics  # serving every child's metrics: told when one is reaped
         self.children: dict[int, ChildProcess] = {}
         self.signals_received = 0
         self.broker_unusable = False  # a child found the broker unusable: stop, exit 1
@@ -91,9 +97,7 @@ class Supervisor:
     def _start_child(self) -> None:
         # Always from the main thread: a child dies with the thread that forked it
         # (PR_SET_PDEATHSIG, parent_death.py), which must live as long as the supervisor.
-        process = self._context.Process(
-            target=child_main, args=(self.app, self.options.queues, os.getpid()), name="taskq-child", daemon=False
-        )
+        process = self._context.Process(target=self._child_main, args=(os.getpid(),), name="taskq-child", daemon=False)
         # Fork with SIGTERM/SIGINT blocked: a signal arriving before the child installed
         # its own handlers would otherwise run the supervisor's handler in the child.
         # The child unblocks them once its handlers are in place (child_main).
@@ -105,9 +109,17 @@ class Supervisor:
         self.children[process.pid] = ChildProcess(process, time.monotonic())
         log.debug("child started", child_pid=process.pid)
 
+    def _child_main(self, supervisor_pid: int) -> None:
+        """In the forked child: let go of what is the supervisor's, then be a worker child."""
+        if self.metrics is not None:
+            self.metrics.forget_in_child()
+        child_main(self.app, self.options.queues, supervisor_pid)
+
     def _reap(self, pid: int) -> None:
         child = self.children.pop(pid)
         child.process.join()
+        if self.metrics is not None:
+            self.metrics.child_exited(pid)
         exitcode = child.process.exitcode
         if self.signals_received or self.broker_unusable:
             log.debug("child stopped", child_pid=pid, exitcode=exitcode)
