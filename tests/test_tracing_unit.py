@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -22,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from taskq import App, TaskError
-from taskq.message import TaskMessage
+from taskq.message import Reply, TaskMessage
 from taskq.middleware import DeadLetter, Delivery, Expiry, Outcome, Retry, Succeeded, default_middleware
 from taskq.middleware.decisions import dead_letter_failure
 from taskq.middleware.delivery import failure
@@ -89,7 +91,8 @@ def delivery(message: TaskMessage, headers: dict[str, Any], task: Any = plain, q
 
 
 def succeeded(item: Delivery, result: Any = None) -> None:
-    item.outcome = Outcome(reply=SimpleNamespace(ok=True, result=result), body=b"", runtime=0.01)  # type: ignore[arg-type]
+    assert item.envelope is not None
+    item.outcome = Outcome(reply=Reply(task_id=item.envelope.id, ok=True, result=result), body=b"", runtime=0.01)
 
 
 def failed(item: Delivery, exc: BaseException) -> None:
@@ -436,3 +439,10 @@ def test_through_the_worker_a_retried_task_has_a_span_per_attempt_in_one_trace(t
     assert {span.context.trace_id for span in attempts} == {producer.context.trace_id}
     assert {span.parent.span_id for span in attempts if span.parent} == {producer.context.span_id}
     assert all(span.status.status_code == StatusCode.ERROR for span in attempts)
+
+
+def test_without_the_tracing_extra_the_import_error_says_what_to_install():
+    blocked = "import sys; sys.modules['opentelemetry'] = None; import taskq; import taskq.middleware.tracing"
+    ran = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert ran.returncode != 0
+    assert "pip install 'taskq-rabbitmq[tracing]'" in ran.stderr
