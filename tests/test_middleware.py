@@ -134,7 +134,7 @@ def test_the_examples_in_docs_middleware_md_run():
     from tests.conftest import ROOT
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "middleware.md").read_text(), flags=re.DOTALL)
-    assert len(blocks) == 2
+    assert len(blocks) == 3  # the third: OpenTelemetry tracing
     for block in blocks:
         namespace: dict[str, Any] = {"__name__": "docs_middleware"}
         exec(compile(block, "docs/middleware.md", "exec"), namespace)
