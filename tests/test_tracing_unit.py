@@ -29,7 +29,7 @@ from taskq.middleware import DeadLetter, Delivery, Expiry, Outcome, Retry, Succe
 from taskq.middleware.decisions import dead_letter_failure
 from taskq.middleware.delivery import failure
 from taskq.middleware.time_limits import hard_limit_outcome
-from taskq.middleware.tracing import MAX_PROPAGATION_HEADER, TASKQ_HEADERS, Tracing
+from taskq.middleware.tracing import MAX_PROPAGATION_HEADER, OWN_HEADERS, Tracing
 
 
 def in_memory_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -193,8 +193,8 @@ def test_a_propagator_can_not_overwrite_taskq_headers(traced, clobbering_propaga
 
 def test_taskq_headers_are_listed_and_w3c_fields_are_not_among_them():
     every_field = TaskMessage(id="i", task="t", expires_at=1.0, eta=2.0).headers()
-    assert set(every_field) <= TASKQ_HEADERS
-    assert not propagate.get_global_textmap().fields & TASKQ_HEADERS  # traceparent, tracestate, baggage
+    assert set(every_field) <= OWN_HEADERS
+    assert not propagate.get_global_textmap().fields & OWN_HEADERS  # traceparent, tracestate, baggage
 
 
 # -- consumer ---------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from taskq.middleware.delivery import Delivery
 
 #: The headers taskq itself reads or writes (taskq/message.py, copies.py, app.publish): a
 #: propagator configured to write one of these is not allowed to (the task would break).
-TASKQ_HEADERS = frozenset({"task", "id", "attempts", "expires_at", "eta", "topic", *DEAD_LETTER_HEADERS})
+OWN_HEADERS = frozenset({"task", "id", "attempts", "expires_at", "eta", "topic", *DEAD_LETTER_HEADERS})
 #: The longest propagation header passed to the propagator: W3C baggage's own limit, the
 #: largest of the W3C headers (``traceparent`` is 55 characters).
 MAX_PROPAGATION_HEADER = 8192
@@ -202,7 +202,7 @@ class Tracing(Middleware):
 
 
 def is_taskq_header(key: str) -> bool:
-    return key in TASKQ_HEADERS or key.startswith(BROKER_HEADER_PREFIXES)
+    return key in OWN_HEADERS or key.startswith(BROKER_HEADER_PREFIXES)
 
 
 def propagation_headers(headers: Any, fields: set[str]) -> dict[str, str]:
