@@ -109,3 +109,19 @@ def test_the_commands_live_in_the_cli_package():
     assert cli == ["__init__.py", "common.py", "dashboard.py", "dead.py", "ops.py", "worker.py"]
     assert not list(TASKQ.glob("cli_*.py")) and not (TASKQ / "dashboard" / "cli.py").exists()
 
+
+def test_tests_are_unit_or_integration_and_their_helpers_live_in_support():
+    """tests/unit (no broker, no process: its conftest enforces that), tests/integration, and
+    tests/support for everything that is not a test; a new test file picks one of the two."""
+    tests = ROOT / "tests"
+    assert sorted(path.name for path in tests.iterdir() if path.name != "__pycache__") == [
+        "__init__.py", "integration", "support", "unit",
+    ]
+    beside_the_tests = [
+        str(path.relative_to(ROOT))
+        for folder in ("unit", "integration")
+        for path in (tests / folder).glob("*.py")
+        if not path.name.startswith("test_") and path.name not in ("__init__.py", "conftest.py")
+    ]
+    assert not beside_the_tests, f"helpers go in tests/support: {beside_the_tests}"
+    assert not list((tests / "support").rglob("test_*.py")), "tests/support holds no tests"
