@@ -68,7 +68,7 @@ def children_cpu(pid: int) -> float:
 
 
 def run(url: str, n: int, mode: str) -> tuple[float, float]:
-    from tests.event_apps import app, noop
+    from tests.support.event_apps import app, noop
 
     queue = f"bench.broadcast.{uuid.uuid4().hex[:8]}"
     app.use_broker(url)
@@ -87,7 +87,7 @@ def run(url: str, n: int, mode: str) -> tuple[float, float]:
                 time.sleep(1.5)  # a benchmark, not a test: let it bind before the worker starts
             with open(log_path, "w") as log:
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "taskq", "worker", "-A", "tests.event_apps:app", "-Q", queue, "-c", "2",
+                    [sys.executable, "-m", "taskq", "worker", "-A", "tests.support.event_apps:app", "-Q", queue, "-c", "2",
                      "--broker", url, "--log-format", "json"],
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 )

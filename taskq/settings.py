@@ -2,7 +2,7 @@
 
 Other modules import their defaults from here, so a default is written once and this file
 is the list to read; docs/configuration.md explains each, and
-tests/test_configuration_doc.py checks the two agree. Values are plain constants: an app
+tests/unit/test_configuration_doc.py checks the two agree. Values are plain constants: an app
 changes them through ``App(...)``, an option or a variable, never by assigning here.
 Timings that follow from one module's own mechanism (the embedded broker's SQLite pauses,
 a reader's poll slice) stay beside that code, with the reason.

@@ -1,0 +1,54 @@
+"""What ``@app.task`` and ``@app.on`` refuse, at decoration, rather than at every call (the
+worker's refusal of such an app is in tests/integration/test_task_decoration.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskq import App, ConfigurationError, TaskqError
+from taskq.errors import UnsupportedTask
+
+
+async def fetch(url):
+    return url
+
+
+def numbers(n):
+    yield from range(n)
+
+
+async def stream(n):
+    yield n
+
+
+async def on_order(topic, payload):
+    return None
+
+
+def test_async_def_task_is_refused_with_the_way_out():
+    app = App("decoration")
+    for decorate in (app.task, app.task(queue="io", ignore_result=True)):
+        with pytest.raises(UnsupportedTask) as caught:
+            decorate(fetch)
+        assert str(caught.value) == (
+            "task 'tests.unit.test_task_decoration.fetch': async tasks are not supported yet;"
+            " make it a plain def that calls asyncio.run(...) on the coroutine"
+        )
+    assert app.tasks == {}
+    assert issubclass(UnsupportedTask, ConfigurationError) and issubclass(UnsupportedTask, TaskqError)
+
+
+@pytest.mark.parametrize("function, kind", [(numbers, "a generator function"), (stream, "an async generator function")])
+def test_generator_tasks_are_refused_because_their_body_would_never_run(function, kind):
+    app = App("decoration")
+    with pytest.raises(UnsupportedTask, match=f"^task '[^']+': {kind} can't be a task: calling it runs none of its body;"
+                                              " return a list from a plain def instead$"):
+        app.task(name="gen")(function)
+    assert app.tasks == {}
+
+
+def test_async_event_handler_is_refused():
+    app = App("decoration")
+    with pytest.raises(UnsupportedTask, match="async tasks are not supported yet"):
+        app.on("orders.*")(on_order)
+    assert app.tasks == {}
