@@ -11,6 +11,7 @@ are not thread-safe); running.py keeps the connection served while a task runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -74,6 +75,7 @@ class ChildWorker:
         watchdog = Watchdog(self.keep_alive, period=tick / 2) if owns_process else None
         self._runner = TaskRunner(self.keep_alive, self.broker.connection_errors, watchdog)
         self._task_log = log
+        self._task_lines = True  # whether _task_log keeps INFO lines (see _bind_task_log)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -95,15 +97,22 @@ class ChildWorker:
         setup = self.setup
         self.pipeline.notify("on_worker_start", WorkerInfo(setup.app_name, tuple(setup.queue_names),
                                                            setup.broker_delays, os.getpid()))
-        # A concrete logger for the per-task lines, made once the middleware configured logging
-        # (the broadcast processor): the module's lazy proxy builds a new logger on every call,
-        # 6% of a no-op task's time.
-        self._task_log = log.bind()
+        self._bind_task_log()
         try:
             return self._reconnecting()
         finally:
             self._runner.executor.shutdown(wait=True)
             self.pipeline.notify("on_worker_stop")
+
+    def _bind_task_log(self) -> None:
+        """A concrete logger for the per-task lines, made once the middleware configured logging
+        (the broadcast processor): the module's lazy proxy builds a new logger on every call, 6%
+        of a no-op task's time. Whether it keeps INFO is asked once too: at the worker's usual
+        WARNING level the two INFO lines per task are dropped, and building their fields anyway
+        cost a no-op task ~1.5 µs (docs/benchmarks.md)."""
+        self._task_log = log.bind()
+        is_enabled_for = getattr(self._task_log, "is_enabled_for", None)  # structlog's filtering loggers
+        self._task_lines = bool(is_enabled_for(logging.INFO)) if is_enabled_for is not None else True
 
     def _reconnecting(self) -> int:
         failures = 0  # connections lost in a row: the reconnect backoff grows with it
@@ -222,8 +231,8 @@ class ChildWorker:
         try:
             decision: Decision | None = self._admit(delivery)
             if decision is None:
-                self.pipeline.notify("on_received", delivery)
-                decision = self.pipeline.decide("before_run", delivery)
+                self.pipeline.on_received(delivery)
+                decision = self.pipeline.before_run(delivery)
             if decision is None:
                 self._run(settler, delivery)
             else:
@@ -265,10 +274,9 @@ class ChildWorker:
 
     def _run(self, settler: Settler, delivery: Delivery) -> None:
         assert delivery.task is not None and delivery.envelope is not None
-        self.pipeline.notify("on_task_start", delivery)
-        context = {"task": delivery.task.name, "task_id": delivery.envelope.id, "queue": delivery.queue,
-                   "attempt": delivery.attempt}
-        self._task_log.info("task started", **context)
+        self.pipeline.on_task_start(delivery)
+        if self._task_lines:
+            self._task_log.info("task started", **task_context(delivery))
         delivery.started_at = time.monotonic()
         outcome = self._runner.run(settler.connection, delivery, lambda: self._hard_time_limit(settler, delivery))
         if outcome is None:
@@ -279,21 +287,22 @@ class ChildWorker:
         if reply.ok:
             # Ack first: the broker sends the next message while we record this one.
             settler.settle(delivery, SUCCEEDED)
-            self.pipeline.notify("on_task_succeeded", delivery)
-            self._task_log.info("task succeeded", runtime=round(outcome.runtime, 6), **context)
+            self.pipeline.on_task_succeeded(delivery)
+            if self._task_lines:
+                self._task_log.info("task succeeded", runtime=round(outcome.runtime, 6), **task_context(delivery))
             return
         # A failure is reported before it is settled, so task.failed comes before the
         # task.retried or task.dead_lettered that follows from it.
-        self.pipeline.notify("on_task_failed", delivery)
+        self.pipeline.on_task_failed(delivery)
         # One ERROR record carrying the traceback: what an operator reading the log needs first.
         self._task_log.error("task failed", runtime=round(outcome.runtime, 6), exc_type=reply.exc_type,
-                             exc_message=reply.exc_message, exception=reply.traceback, **context)
+                             exc_message=reply.exc_message, exception=reply.traceback, **task_context(delivery))
         settler.settle(delivery, self._after_failure(delivery))
 
     def _after_failure(self, delivery: Delivery) -> Decision:
         """What the middleware decide (retries), or a dead letter when none has an opinion."""
         assert delivery.outcome is not None
-        decided = self.pipeline.decide("decide_failure", delivery)
+        decided = self.pipeline.decide_failure(delivery)
         return decided if decided is not None else dead_letter_failure(delivery.attempt, "failed", delivery.outcome.reply)
 
     def _hard_time_limit(self, settler: Settler, delivery: Delivery) -> None:
@@ -302,7 +311,7 @@ class ChildWorker:
         log.error("hard time limit: settling the message and replacing this child",
                   task=delivery.task.name, task_id=delivery.envelope.id, time_limit=delivery.time_limit)
         delivery.outcome = hard_limit_outcome(delivery)
-        self.pipeline.notify("on_task_failed", delivery)
+        self.pipeline.on_task_failed(delivery)
         if not self.owns_process:
             # In-process worker: settle, and leave the stuck (daemon) thread behind.
             settler.settle(delivery, self._after_failure(delivery))
@@ -314,6 +323,13 @@ class ChildWorker:
             close_within(settler.connection, seconds=5.0)  # the close handshake proves the ack arrived
         finally:
             os._exit(limits.EXIT_TIME_LIMIT)
+
+
+def task_context(delivery: Delivery) -> dict[str, Any]:
+    """The fields of the worker's own lines about a task."""
+    assert delivery.task is not None and delivery.envelope is not None
+    return {"task": delivery.task.name, "task_id": delivery.envelope.id, "queue": delivery.queue,
+            "attempt": delivery.attempt}
 
 
 def child_main(app: App, queue_names: list[str], supervisor_pid: int) -> None:

@@ -22,6 +22,9 @@ from taskq.worker.execution import run_task
 from taskq.worker.watchdog import Watch, Watchdog
 
 TICK = 1.0  # seconds between looks at the deadlines while an in-process task runs
+#: The deadlines of a task without time limits (most tasks): shared, since building a frozen
+#: Deadlines per task cost ~0.7 µs of a no-op task's time.
+NO_DEADLINES = limits.Deadlines()
 
 
 class TaskRunner:
@@ -37,7 +40,10 @@ class TaskRunner:
     def run(self, connection: Connection, delivery: Delivery, on_hard_limit: Callable[[], None]) -> Outcome | None:
         assert delivery.task is not None and delivery.envelope is not None
         guard = limits.TaskThreadGuard()
-        deadlines = limits.Deadlines.start(delivery.soft_time_limit, delivery.time_limit)
+        if delivery.soft_time_limit is None and delivery.time_limit is None:
+            deadlines = NO_DEADLINES
+        else:
+            deadlines = limits.Deadlines.start(delivery.soft_time_limit, delivery.time_limit)
         if self.watchdog is not None:
             return self._run_here(connection, delivery, guard, deadlines, on_hard_limit)
         future = self.executor.submit(run_task, delivery.task, delivery.envelope, delivery.queue, guard,

@@ -58,7 +58,7 @@ class Settler:
             decision = self._dead_letter(delivery, decision)
         else:
             raise TypeError(f"not a decision: {decision!r}")
-        self.pipeline.notify("on_settled", delivery, decision)
+        self.pipeline.on_settled(delivery, decision)
 
     def _retry(self, delivery: Delivery, decision: Retry) -> Retry:
         """A failed attempt that will be retried sends no reply: the caller waits for the last one."""

@@ -1,4 +1,4 @@
-"""Smoke tests for the benchmark harness (``python -m bench.compare``) and bench.envelope_cost at tiny sizes.
+"""Smoke tests for the benchmark harness (``python -m bench.compare``) and the other bench scripts, at tiny sizes.
 
 It checks the harness works end to end, not how fast anything is: every system that can run here
 gets a row of positive numbers. Raw kombu must run (it is the baseline every ratio divides by);
@@ -62,3 +62,14 @@ def test_envelope_cost_prints_a_row_per_shape(broker_url: str) -> None:
     assert list(rows) == list(shapes())
     for name, (size, rate, rate_ratio, cpu, cpu_ratio) in rows.items():
         assert int(size) > 0 and float(rate.replace(",", "")) > 0, (name, rows[name])
+
+
+def test_handle_cost_runs_without_a_broker() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.handle_cost", "20", "--cprofile"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    first, calls = done.stdout.splitlines()[:2]
+    assert first.startswith("20 messages") and float(first.split("CPU ")[1].split()[0]) > 0, first
+    assert float(calls.split()[0]) > 0, calls

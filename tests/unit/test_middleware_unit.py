@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from taskq import App, ConfigurationError
 from taskq.errors import Retry as RetryRequest
 from taskq.events import Broadcaster
-from taskq.message import Reply, TaskMessage
+from taskq.message import CONTENT_TYPE, Reply, TaskMessage
 from taskq.middleware import (
     DeadLetter,
     Delivery,
@@ -25,10 +27,15 @@ from taskq.middleware import (
     WorkerInfo,
     default_middleware,
 )
+from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.delivery import failure
 from taskq.middleware.lifecycle_events import LifecycleEvents
-from taskq.middleware.pipeline import Pipeline
+from taskq.middleware.pipeline import Pipeline, no_decision, nothing
 from taskq.middleware.time_limits import hard_limit_outcome
+from taskq.testing import reset_memory_broker
+from taskq.worker.child import ChildWorker
+from taskq.worker.settle import Settler
+from taskq.worker.setup import WorkerSetup
 
 app = App("middleware-unit")
 
@@ -78,7 +85,8 @@ class Broken(Middleware):
 def test_only_middleware_overriding_a_hook_are_called_for_it():
     pipeline = Pipeline([Middleware(), Expiry(), Recording([], "r")])
     assert pipeline.wants("before_run") and not pipeline.wants("on_task_start")
-    assert len(pipeline._hooks["before_run"]) == 2  # Expiry and Recording, not the no-op base
+    assert len(pipeline.methods["before_run"]) == 2  # Expiry and Recording, not the no-op base
+    assert pipeline.on_task_start is nothing and pipeline.decide_failure is no_decision
 
 
 def test_the_first_decision_wins_in_order_and_the_rest_are_not_asked():
@@ -220,10 +228,52 @@ def test_a_reply_is_wanted_only_by_a_caller_that_keeps_results():
 
 
 def test_app_hooks_ask_only_for_the_hooks_that_have_functions():
-    from taskq.middleware.app_hooks import AppHooks
-
     hooks = AppHooks()
     assert hooks.used_hooks() == set()
     hooks.add("on_task_start", lambda delivery: None)
     hooks.add("on_dead_letter", lambda delivery, decision: None)
     assert hooks.used_hooks() == {"on_task_start", "on_settled"}
+
+
+def test_a_hook_no_middleware_uses_costs_one_shared_empty_call_per_task():
+    """Issue 14: hooks a deployment doesn't use cost nothing per task. Here the defaults and one
+    ``@app.on_task_start`` function: ``on_received``, ``on_task_succeeded`` and ``on_settled``
+    are used by nobody, so one message through the worker's per-message path calls, for each
+    of them, the pipeline's shared ``nothing`` once and nothing else: no lookup by hook name,
+    no loop, no AppHooks method that would find no function."""
+    reset_memory_broker()
+    hooked = App("unused-hooks", broker="memory://", default_queue="unused.q")
+
+    @hooked.task(ignore_result=True)
+    def noop() -> None: ...
+
+    started: list[Delivery] = []
+    hooked.on_task_start(started.append)
+    worker = ChildWorker(WorkerSetup.from_app(hooked, ["unused.q"]))
+    for hook in ("on_received", "on_task_succeeded", "on_task_failed", "on_settled", "on_tick"):
+        assert getattr(worker.pipeline, hook) is nothing, hook
+
+    message = TaskMessage(id="id-1", task=noop.name)
+    with hooked.broker.connect() as connection:
+        queue = hooked.queue("unused.q")(connection.default_channel)
+        queue.declare()
+        connection.Producer().publish(message.body(), routing_key="unused.q", headers=message.headers(),
+                                      content_type=CONTENT_TYPE, content_encoding="binary")
+        received = queue.get(no_ack=False)  # a real kombu Message, from kombu's in-memory transport
+        settler = Settler(connection, worker.pipeline, queue_type="classic", broker_delays=False)
+        calls: Counter[object] = Counter()
+
+        def count_calls(frame, event, arg):
+            if event == "call":
+                calls[frame.f_code] += 1
+
+        sys.setprofile(count_calls)
+        try:
+            worker._handle(settler, Delivery("unused.q", received))
+        finally:
+            sys.setprofile(None)
+            worker._runner.executor.shutdown()
+    assert received.acknowledged and [d.envelope.id for d in started] == ["id-1"]
+    assert calls[nothing.__code__] == 3  # on_received, on_task_succeeded, on_settled
+    by_name = [Pipeline.notify, Pipeline.decide, AppHooks.on_task_succeeded, AppHooks.on_settled]
+    assert [calls[function.__code__] for function in by_name] == [0, 0, 0, 0]
