@@ -63,3 +63,14 @@ def test_app_defaults_come_from_settings():
     defaults = {name: p.default for name, p in inspect.signature(App.__init__).parameters.items()}
     assert (defaults["name"], defaults["default_queue"], defaults["heartbeat"], defaults["queue_type"]) == (
         settings.APP_NAME, settings.DEFAULT_QUEUE, settings.HEARTBEAT, settings.QUEUE_TYPE)
+
+
+def test_task_retry_defaults_come_from_settings():
+    app = App("defaults", broker="memory://")
+
+    @app.task
+    def job() -> None: ...
+
+    options = job.options.settings
+    assert (options["retry_backoff"], options["retry_backoff_max"], options["retry_jitter"]) == (
+        settings.RETRY_BACKOFF, settings.RETRY_BACKOFF_MAX, settings.RETRY_JITTER)
