@@ -143,3 +143,12 @@ def test_without_a_backoff_given_the_wait_is_the_reconnect_backoff():
     script.run(backoff=None, on_lost=lost_then_stop)
     [lost] = script.lost
     assert 0.25 <= lost.pause <= 0.5  # settings.RECONNECT_BACKOFF_FIRST, jittered in its upper half
+
+
+def test_nothing_else_in_taskq_reconnects_by_itself():
+    # The one loop: a second one would be a second place for the backoff, its reset and the stop flag.
+    from tests.support import ROOT
+
+    waiting = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "taskq").rglob("*.py")
+                     if "reconnect_backoff" in path.read_text())
+    assert waiting == ["taskq/backoff.py", "taskq/consumer_loop.py"], waiting
