@@ -134,10 +134,13 @@ class Feed:
 
     # -- the loops --------------------------------------------------------------------------
 
-    def _forever(self, name: str, serve: Callable[[Connection], None]) -> None:
-        """Run one loop until stopped, reconnecting with backoff; report the broker up or down."""
+    def _forever(self, name: str, serve: Callable[[Connection, Callable[[], None]], None]) -> None:
+        """Run one loop until stopped, reconnecting with backoff; report the broker up or down.
 
-        def connected(reconnected: bool) -> None:
+        ``serve(connection, ready)`` says ``ready()`` once it consumes: up means working, not
+        merely connected (a queue the broker refuses to declare keeps the loop down)."""
+
+        def ready() -> None:
             if self.state.problem(name) not in (None, CONNECTING):
                 log.info("dashboard reconnected to the broker", loop=name, broker=self.broker.masked_url)
             self.state.component(name, None)
@@ -151,26 +154,28 @@ class Feed:
 
         # Any Exception, not only the broker's: a broker gone, refusing us, or a bug in a
         # loop is said on the page and retried; the dashboard itself keeps running.
-        consumer_loop.run(lambda: self.broker.connect(heartbeat=settings.LISTENER_HEARTBEAT), serve,
-                          errors=(Exception,), should_stop=self.stopping, on_connected=connected, on_lost=lost)
+        consumer_loop.run(lambda: self.broker.connect(heartbeat=settings.LISTENER_HEARTBEAT),
+                          lambda connection: serve(connection, ready),
+                          errors=(Exception,), should_stop=self.stopping, on_lost=lost)
 
-    def _serve_workers(self, connection: Connection) -> None:
-        self._subscribe(connection, topology.lifecycle_exchange(), ["worker.*"], self.state.lifecycle)
+    def _serve_workers(self, connection: Connection, ready: Callable[[], None]) -> None:
+        self._subscribe(connection, topology.lifecycle_exchange(), ["worker.*"], self.state.lifecycle, ready)
 
-    def _serve_tasks(self, connection: Connection) -> None:
-        self._subscribe(connection, topology.lifecycle_exchange(), ["task.succeeded", "task.failed"], self.state.lifecycle)
+    def _serve_tasks(self, connection: Connection, ready: Callable[[], None]) -> None:
+        self._subscribe(connection, topology.lifecycle_exchange(), ["task.succeeded", "task.failed"],
+                        self.state.lifecycle, ready)
 
     def _subscribe(self, connection: Connection, exchange: Any, keys: list[str],
-                   deliver: Callable[[dict[str, Any]], None]) -> None:
+                   deliver: Callable[[dict[str, Any]], None], ready: Callable[[], None]) -> None:
         def on_message(message: Any) -> None:
             for record in records(message):
                 if record.get("app") == self.app.name:
                     deliver(record)
 
         subscription = Subscription(self.broker, exchange, keys, max_length=SUBSCRIPTION_LENGTH)
-        subscription.consume(connection, on_message, should_stop=self.stopping.is_set)
+        subscription.consume(connection, on_message, should_stop=self.stopping.is_set, on_ready=lambda _: ready())
 
-    def _serve_logs(self, connection: Connection) -> None:
+    def _serve_logs(self, connection: Connection, ready: Callable[[], None]) -> None:
         shown = {None, *self.state.queue_names}
 
         def deliver(record: dict[str, Any]) -> None:
@@ -178,9 +183,10 @@ class Feed:
             if record.get("queue") in shown:
                 self.state.log_line(record)
 
-        self._subscribe(connection, topology.logs_exchange(), [""], deliver)
+        self._subscribe(connection, topology.logs_exchange(), [""], deliver, ready)
 
-    def _serve_counts(self, connection: Connection) -> None:
+    def _serve_counts(self, connection: Connection, ready: Callable[[], None]) -> None:
+        ready()
         dead_seen: dict[str, int | None] = {}
         while not self.stopping.is_set():
             self._refresh(connection, dead_seen)

@@ -45,8 +45,9 @@ log = structlog.get_logger("taskq.worker")
 
 #: The child's exit status when the broker itself is unusable: it refused our login or vhost
 #: (broker.REFUSALS) settings.WORKER_REFUSED_ATTEMPTS times in a row (riding out a user or
-#: vhost being created just now), or raised BrokerError (say, a damaged embedded broker file). Every child forked
-#: would die the same way, so the supervisor stops the worker instead of starting another.
+#: vhost being created just now), or raised BrokerError (say, a damaged embedded broker
+#: file). Every child forked would die the same way, so the supervisor stops the worker
+#: instead of starting another.
 EXIT_BROKER_UNUSABLE = os.EX_CONFIG
 SUCCEEDED = Succeeded()
 
