@@ -113,13 +113,14 @@ class Producer:
         """``App.publish``: see there."""
         app = self._app
         message = TaskMessage(id=str(uuid.uuid4()), task=routing.EVENT_TASK, args=(topic, payload))
-        own_queues = [app.queue(name) for name in app.routing.queues_bound_to(topology.EVENTS_EXCHANGE)]
+        declare: list[Any] = [topology.events_exchange()]  # the exchange, then the app's own queues bound to it
+        declare += [app.queue(name) for name in app.routing.queues_bound_to(topology.EVENTS_EXCHANGE)]
         app.broker.publish(
             message.body(),
             exchange=topology.EVENTS_EXCHANGE,
             routing_key=topic,
             headers={**message.headers(), "topic": topic},
-            declare=[topology.events_exchange(), *own_queues],
+            declare=declare,
             message_id=message.id,
         )
         return message.id
