@@ -25,12 +25,6 @@ from taskq.routing import event_payload
 from taskq.subscriber import DEFAULT_MAX_LENGTH, StopFlag, Subscription, follow
 
 
-def optional_app(help_text: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """-A for the commands that work without an app, typed, so the commands under it stay typed."""
-    option: Callable[[Callable[..., None]], Callable[..., None]] = optional_app_option(help_text)
-    return option
-
-
 max_length_option = click.option(
     "--max-length", type=click.IntRange(min=1), default=DEFAULT_MAX_LENGTH, show_default=True,
     help="Messages the broker holds for this listener while it is behind (a worker batches up to 500 lines "
@@ -66,7 +60,7 @@ def run_subscription(app: App, subscription: Subscription, on_message: Callable[
 
 
 @click.command()
-@optional_app("Only this App's workers, on its broker (env TASKQ_APP).")
+@optional_app_option("Only this App's workers, on its broker (env TASKQ_APP).")
 @broker_option
 @click.option("--level", type=click.Choice(LEVELS, case_sensitive=False), default="debug", show_default=True,
               help="Show lines at this level and above.")
@@ -101,7 +95,7 @@ def logs(app_path: str | None, broker: str | None, level: str, task_name: str | 
 
 @click.command()
 @click.argument("pattern", default="#")
-@optional_app("Use this App's broker (env TASKQ_APP).")
+@optional_app_option("Use this App's broker (env TASKQ_APP).")
 @broker_option
 @click.option("--json", "as_json", is_flag=True, help='One {"topic": ..., "payload": ...} object per line.')
 @max_length_option
@@ -166,7 +160,7 @@ def status(app_path: str, broker: str | None, queues: str | None, listen: float,
 
 @click.command()
 @click.argument("queue")
-@optional_app("Use this App's broker (env TASKQ_APP).")
+@optional_app_option("Use this App's broker (env TASKQ_APP).")
 @broker_option
 @yes_option
 def purge(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:
