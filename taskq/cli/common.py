@@ -6,8 +6,7 @@ import it, and never each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Callable, TypeVar
 
 import click
 
@@ -16,8 +15,8 @@ from taskq.app import App
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
 
-#: A click command's function, before or after an option decorates it: the decorator keeps its type.
-Command = TypeVar("Command", bound=Callable[..., Any])
+
+Command = TypeVar("Command", bound=Callable[..., object])
 
 
 class UserError(click.ClickException):
