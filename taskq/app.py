@@ -12,7 +12,7 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable, TypeVar, overload
 
-from kombu import Queue
+from kombu.entity import Queue
 
 from taskq import delay, routing, settings, topology
 from taskq.broker import Broker, resolve_broker_url
