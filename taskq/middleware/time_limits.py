@@ -1,5 +1,6 @@
 """Time limits: the ``soft_time_limit`` and ``time_limit`` task options, and what a hard limit
-makes of the run. The enforcing (deadlines, watchdog, backstop) is the worker's: taskq/worker/limits.py."""
+makes of the run. The enforcing is the worker's: deadlines and the backstop in taskq/worker/limits.py,
+the watchdog in taskq/worker/running.py."""
 
 from __future__ import annotations
 

@@ -34,10 +34,9 @@ from taskq.middleware.pipeline import Pipeline
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.worker import limits
 from taskq.worker.parent_death import die_with_parent
-from taskq.worker.running import TaskRunner
+from taskq.worker.running import TaskRunner, Watchdog
 from taskq.worker.settle import Settler, close_within
 from taskq.worker.setup import WorkerSetup
-from taskq.worker.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from taskq.app import App
