@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
-from taskq.middleware.base import Middleware
-from taskq.middleware.decisions import DeadLetter, Retry, dead_letter_failure
-from taskq.middleware.delivery import Delivery, failure
+from taskq.middleware.delivery import DeadLetter, Delivery, Retry, dead_letter_failure, failure
+from taskq.middleware.pipeline import Middleware
 from taskq.retry import RetryRules, decide
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from taskq.errors import TimeLimitExceeded
-from taskq.middleware.base import Middleware
 from taskq.middleware.delivery import Delivery, Outcome, failure
+from taskq.middleware.pipeline import Middleware
 
 
 class TimeLimits(Middleware):
