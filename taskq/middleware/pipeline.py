@@ -27,7 +27,7 @@ from taskq.errors import ConfigurationError
 from taskq.middleware.delivery import Decision
 
 if TYPE_CHECKING:
-    from kombu import Connection
+    from kombu.connection import Connection
 
     from taskq.message import TaskMessage
     from taskq.middleware.delivery import Delivery

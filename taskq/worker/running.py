@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from kombu import Connection
+from kombu.connection import Connection
 
 from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
