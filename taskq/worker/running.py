@@ -30,6 +30,91 @@ from taskq.middleware.delivery import Delivery, Outcome, failure
 from taskq.task import Task
 from taskq.worker import limits
 
+TICK = 1.0  # seconds between looks at the deadlines while an in-process task runs
+#: The deadlines of a task without time limits (most tasks): shared, since building a frozen
+#: Deadlines per task cost ~0.7 µs of a no-op task's time.
+NO_DEADLINES = limits.Deadlines()
+
+
+class TaskRunner:
+    """Runs a delivery's task; returns its Outcome, or None past its hard time limit (in-process)."""
+
+    def __init__(self, keep_alive: Callable[[Connection], None], connection_errors: tuple[type[BaseException], ...],
+                 watchdog: Watchdog | None) -> None:
+        self.keep_alive = keep_alive
+        self.connection_errors = connection_errors
+        self.watchdog = watchdog
+        self.executor = limits.TaskThreads()
+
+    def run(self, connection: Connection, delivery: Delivery, on_hard_limit: Callable[[], None]) -> Outcome | None:
+        assert delivery.task is not None and delivery.envelope is not None
+        guard = limits.TaskThreadGuard()
+        if delivery.soft_time_limit is None and delivery.time_limit is None:
+            deadlines = NO_DEADLINES
+        else:
+            deadlines = limits.Deadlines.start(delivery.soft_time_limit, delivery.time_limit)
+        if self.watchdog is not None:
+            return self._run_here(connection, delivery, guard, deadlines, on_hard_limit)
+        future = self.executor.submit(run_task, delivery.task, delivery.envelope, delivery.queue, guard,
+                                      delivery.reply_wanted)
+        return self._wait_for_outcome(connection, future, guard, deadlines)
+
+    def _run_here(self, connection: Connection, delivery: Delivery, guard: limits.TaskThreadGuard,
+                  deadlines: limits.Deadlines, on_hard_limit: Callable[[], None]) -> Outcome:
+        """Forked child: run the task on this thread while the watchdog holds the connection."""
+        assert self.watchdog is not None and delivery.task is not None and delivery.envelope is not None
+
+        def hard_limit(lost: BaseException | None) -> None:  # on the watchdog thread; ends the process
+            if lost is not None:  # nothing to settle: the broker requeued the message
+                os._exit(limits.EXIT_TIME_LIMIT)
+            on_hard_limit()
+
+        limits.arm_backstop(delivery.time_limit)
+        self.watchdog.lend(Watch(connection, deadlines, guard, hard_limit))
+        try:
+            return run_task(delivery.task, delivery.envelope, delivery.queue, guard, delivery.reply_wanted)
+        finally:
+            self.watchdog.take_back()  # raises if the connection broke meanwhile
+            if delivery.time_limit is not None:
+                limits.disarm_backstop()
+
+    def _wait_for_outcome(self, connection: Connection, future: Future[Outcome], guard: limits.TaskThreadGuard,
+                          deadlines: limits.Deadlines) -> Outcome | None:
+        """In-process worker (no watchdog): serve the connection until the task, on the task
+        thread, ends; None if it ran past its hard time limit.
+
+        If the connection breaks meanwhile, the task is still waited for (never two at
+        once in one child, and its limits still hold), then the error is raised: the
+        broker has requeued the message, so its outcome can't be settled here.
+        """
+        lost: BaseException | None = None
+        soft_sent = False
+        while True:
+            now = time.monotonic()
+            if deadlines.soft is not None and now >= deadlines.soft and not soft_sent:
+                soft_sent = True  # once: if the task just returned, there is nothing to interrupt
+                guard.interrupt()
+            if deadlines.hard is not None and now >= deadlines.hard:
+                if lost is not None:  # nothing to settle: the broker requeued the message
+                    raise lost
+                return None
+            try:
+                outcome: Outcome = future.result(timeout=deadlines.wait_time(TICK, soft_sent))
+                break
+            except FutureTimeout:
+                if lost is None:
+                    try:
+                        self.keep_alive(connection)
+                    except self.connection_errors as exc:
+                        lost = exc
+        if lost is not None:
+            raise lost
+        return outcome
+
+
+# -- the call itself -------------------------------------------------------------------------
+
+
 def run_task(task: Task[..., Any], message: TaskMessage, queue: str, guard: limits.TaskThreadGuard | None = None,
              encode_reply: bool = True) -> Outcome:
     """Call the task's function with the message's arguments, catching everything it raises.
@@ -65,6 +150,9 @@ def run_task(task: Task[..., Any], message: TaskMessage, queue: str, guard: limi
         return Outcome(reply=reply, body=body, runtime=time.monotonic() - started, exception=raised)
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+# -- a forked child's watchdog ----------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -178,85 +266,3 @@ class Watchdog:
     def _sleep_time(self) -> float:
         watch = self._watch
         return self._period if watch is None else watch.deadlines.wait_time(self._period, watch.soft_sent)
-
-
-TICK = 1.0  # seconds between looks at the deadlines while an in-process task runs
-#: The deadlines of a task without time limits (most tasks): shared, since building a frozen
-#: Deadlines per task cost ~0.7 µs of a no-op task's time.
-NO_DEADLINES = limits.Deadlines()
-
-
-class TaskRunner:
-    """Runs a delivery's task; returns its Outcome, or None past its hard time limit (in-process)."""
-
-    def __init__(self, keep_alive: Callable[[Connection], None], connection_errors: tuple[type[BaseException], ...],
-                 watchdog: Watchdog | None) -> None:
-        self.keep_alive = keep_alive
-        self.connection_errors = connection_errors
-        self.watchdog = watchdog
-        self.executor = limits.TaskThreads()
-
-    def run(self, connection: Connection, delivery: Delivery, on_hard_limit: Callable[[], None]) -> Outcome | None:
-        assert delivery.task is not None and delivery.envelope is not None
-        guard = limits.TaskThreadGuard()
-        if delivery.soft_time_limit is None and delivery.time_limit is None:
-            deadlines = NO_DEADLINES
-        else:
-            deadlines = limits.Deadlines.start(delivery.soft_time_limit, delivery.time_limit)
-        if self.watchdog is not None:
-            return self._run_here(connection, delivery, guard, deadlines, on_hard_limit)
-        future = self.executor.submit(run_task, delivery.task, delivery.envelope, delivery.queue, guard,
-                                      delivery.reply_wanted)
-        return self._wait_for_outcome(connection, future, guard, deadlines)
-
-    def _run_here(self, connection: Connection, delivery: Delivery, guard: limits.TaskThreadGuard,
-                  deadlines: limits.Deadlines, on_hard_limit: Callable[[], None]) -> Outcome:
-        """Forked child: run the task on this thread while the watchdog holds the connection."""
-        assert self.watchdog is not None and delivery.task is not None and delivery.envelope is not None
-
-        def hard_limit(lost: BaseException | None) -> None:  # on the watchdog thread; ends the process
-            if lost is not None:  # nothing to settle: the broker requeued the message
-                os._exit(limits.EXIT_TIME_LIMIT)
-            on_hard_limit()
-
-        limits.arm_backstop(delivery.time_limit)
-        self.watchdog.lend(Watch(connection, deadlines, guard, hard_limit))
-        try:
-            return run_task(delivery.task, delivery.envelope, delivery.queue, guard, delivery.reply_wanted)
-        finally:
-            self.watchdog.take_back()  # raises if the connection broke meanwhile
-            if delivery.time_limit is not None:
-                limits.disarm_backstop()
-
-    def _wait_for_outcome(self, connection: Connection, future: Future[Outcome], guard: limits.TaskThreadGuard,
-                          deadlines: limits.Deadlines) -> Outcome | None:
-        """In-process worker (no watchdog): serve the connection until the task, on the task
-        thread, ends; None if it ran past its hard time limit.
-
-        If the connection breaks meanwhile, the task is still waited for (never two at
-        once in one child, and its limits still hold), then the error is raised: the
-        broker has requeued the message, so its outcome can't be settled here.
-        """
-        lost: BaseException | None = None
-        soft_sent = False
-        while True:
-            now = time.monotonic()
-            if deadlines.soft is not None and now >= deadlines.soft and not soft_sent:
-                soft_sent = True  # once: if the task just returned, there is nothing to interrupt
-                guard.interrupt()
-            if deadlines.hard is not None and now >= deadlines.hard:
-                if lost is not None:  # nothing to settle: the broker requeued the message
-                    raise lost
-                return None
-            try:
-                outcome: Outcome = future.result(timeout=deadlines.wait_time(TICK, soft_sent))
-                break
-            except FutureTimeout:
-                if lost is None:
-                    try:
-                        self.keep_alive(connection)
-                    except self.connection_errors as exc:
-                        lost = exc
-        if lost is not None:
-            raise lost
-        return outcome
