@@ -19,8 +19,8 @@ from taskq.broker import Broker, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
-from taskq.middleware.options import task_settings
 from taskq.middleware.app_hooks import AppHooks
+from taskq.middleware.pipeline import task_settings
 from taskq.producer import Producer
 from taskq.results import AsyncResult
 from taskq.task import Params, Returns, Task, TaskOptions, refuse_unrunnable

@@ -29,9 +29,9 @@ from starlette.staticfiles import StaticFiles
 
 from taskq import settings
 from taskq.dashboard import guard
-from taskq.dashboard.feed import Action, Feed, UserActionError
+from taskq.dashboard.feed import Action, Feed
 from taskq.dashboard.state import LOG_LINES_KEPT, DashboardState
-from taskq.errors import TaskqError
+from taskq.errors import TaskqError, UserActionError
 
 if TYPE_CHECKING:
     from taskq.app import App
