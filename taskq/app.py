@@ -1,4 +1,8 @@
-"""The App: the one object a user configures; it knows the broker and the registered tasks."""
+"""The App: the one object a user configures; it knows the broker and the registered tasks.
+
+What a send puts on the wire (reply listener, delay cascade or exchange, publish hooks) is
+taskq/producer.py's job; the App hands each send to its Producer.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ import os
 import sys
 import threading
 import uuid
-from dataclasses import replace
 from typing import Any, Callable, Iterable, TypeVar, overload
 
+from kombu.entity import Queue
+
 from taskq import delay, routing, settings, topology
-from taskq.broker import Broker, Outgoing, resolve_broker_url
+from taskq.broker import Broker, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
 from taskq.middleware.app_hooks import AppHooks
-from taskq.middleware.pipeline import failed, task_settings
-from taskq.results import AsyncResult, ReplyListener
+from taskq.middleware.pipeline import task_settings
+from taskq.producer import Producer
+from taskq.results import AsyncResult
 from taskq.task import Params, Returns, Task, TaskOptions, refuse_unrunnable
 
 Hook = TypeVar("Hook", bound=Callable[..., Any])
@@ -69,13 +75,12 @@ class App:
         self.routing = routing.Routing()
         self._explicit_broker_url = broker
         self._broker: Broker | None = None
-        self._listener: ReplyListener | None = None
-        self._queues: dict[tuple, Any] = {}  # see queue()
+        self._queues: dict[tuple[Any, ...], Any] = {}  # see queue()
         self._dead_letter_queues: dict[tuple[str, str], Any] = {}
         self._lock = threading.RLock()
         self.middleware: list[Middleware] = list(default_middleware() if middleware is None else middleware)
         self._app_hooks: AppHooks | None = None
-        self._publish_hooks = self._hooks_of("before_publish")
+        self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py)
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -106,7 +111,7 @@ class App:
         """
         return self.broker.driver_type in ("amqp", "sqlite")
 
-    def queue(self, name: str):
+    def queue(self, name: str) -> Queue:
         """The kombu Queue for a work queue, declared the same way by every side.
 
         Built once per name and settings (the broker, and so whether it delays, can be
@@ -129,7 +134,7 @@ class App:
             self._queues[key] = queue
         return queue
 
-    def dead_letter_queue(self, name: str):
+    def dead_letter_queue(self, name: str) -> Queue:
         """The kombu Queue for ``<name>.dead`` (built once per name and queue type, as ``queue``)."""
         key = (name, self.queue_type)
         queue = self._dead_letter_queues.get(key)
@@ -169,13 +174,13 @@ class App:
         self,
         function: Callable[..., Any] | None = None,
         *,
-        name=None,
-        queue=None,
-        ignore_result=False,
-        exchange=None,
-        routing_key=None,
-        **options,
-    ):
+        name: str | None = None,
+        queue: str | None = None,
+        ignore_result: bool = False,
+        exchange: str | None = None,
+        routing_key: str | None = None,
+        **options: Any,
+    ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue="orders", max_retries=3)``.
 
         With ``exchange`` (and ``routing_key``, default the task's name) it is sent through
@@ -222,10 +227,7 @@ class App:
                 raise ConfigurationError(f"add_middleware: the app has no {anchor.__name__} middleware")
             position = found[0] if before is not None else found[0] + 1
         self.middleware.insert(position, middleware)
-        self._publish_hooks = self._hooks_of("before_publish")
-
-    def _hooks_of(self, hook: str) -> list[Callable[..., Any]]:
-        return [getattr(m, hook) for m in self.middleware if hook in m.used_hooks()]
+        self._producer.use_hooks()
 
     def _hook(self, name: str, function: Hook) -> Hook:
         if self._app_hooks is None:
@@ -262,14 +264,6 @@ class App:
         """Decorator: ``function()`` in each worker child as it stops."""
         return self._hook("on_worker_stop", function)
 
-    def _before_publish(self, message: TaskMessage, headers: dict[str, Any]) -> dict[str, Any]:
-        for hook in self._publish_hooks:
-            try:
-                hook(message, headers)
-            except Exception as exc:  # a tracing exporter's bug must not stop the send
-                failed(hook, "before_publish", exc)
-        return headers
-
     # -- sending -------------------------------------------------------------------------
 
     def send(
@@ -281,7 +275,7 @@ class App:
         want_result: bool = True,
         exchange: str | None = None,
         routing_key: str | None = None,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         """Publish a task message persistently and wait for the broker's confirm.
 
         A message with a future ``eta`` goes into the broker's delay cascade, which hands
@@ -290,97 +284,30 @@ class App:
         Through ``exchange``, the message is mandatory: if no binding matches ``routing_key``
         the broker returns it and this raises ``Unroutable`` instead of losing the task.
         """
-        listener = None
-        budget = self.broker.budget()  # one for the whole send: opening the reply listener, then publishing
-        properties: dict[str, Any] = {"message_id": message.id}
-        if want_result:
-            # The RPC pair: the reply comes back to reply_to, matched by correlation_id.
-            # Without a reply there is nothing to correlate, and each property of a
-            # persistent message costs the broker (benchmarks.md).
-            listener = self._reply_listener()
-            properties["reply_to"] = listener.reply_to(budget)
-            properties["correlation_id"] = message.id
-            listener.expect(message.id)
-            message = replace(message, reply_to=properties["reply_to"])
-        if priority is not None:
-            properties["priority"] = priority
-        if message.eta is not None and not self.broker_delays:
-            raise ConfigurationError(
-                f"countdown/eta need RabbitMQ (delayed delivery uses its TTLs and dead-lettering); "
-                f"the broker {self.broker.masked_url} has no such thing"
-            )
-        if exchange:
-            target = self._routed_target(exchange, routing_key or message.task, message.eta)
-        else:
-            delay_exchange, delay_key, delay_entities = delay.route(queue, message.eta, self.queue_type)
-            target = {
-                "exchange": delay_exchange,
-                "routing_key": delay_key,
-                "declare": [self.queue(queue), self.dead_letter_queue(queue), *delay_entities],
-            }
-        try:
-            headers = message.headers()
-            if self._publish_hooks:
-                self._before_publish(message, headers)
-            self.broker.publish(message.body(), headers=headers, budget=budget, **target, **properties)
-        except BaseException:
-            if listener is not None:
-                listener.forget(message.id)
-            raise
-        return AsyncResult(message.id, message.task, listener)
+        return self._producer.send(message, queue=queue, priority=priority, want_result=want_result,
+                                   exchange=exchange, routing_key=routing_key)
 
-    def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool = True) -> list[AsyncResult]:
+    def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool = True) -> list[AsyncResult[Any]]:
         """Publish a burst of task messages to one queue with pipelined confirms.
 
         Returns once the broker confirmed every one of them (or raises PublishError).
         """
-        listener = self._reply_listener() if want_result else None
-        reply_to = listener.reply_to() if listener is not None else None
-        outgoing = []
-        for message in messages:
-            properties: dict[str, Any] = {"message_id": message.id}
-            if listener is not None:
-                message = replace(message, reply_to=reply_to)
-                properties.update(reply_to=reply_to, correlation_id=message.id)
-                listener.expect(message.id)
-            headers = message.headers()
-            if self._publish_hooks:
-                self._before_publish(message, headers)
-            outgoing.append(Outgoing(message.body(), queue, headers, properties))
-        try:
-            self.broker.publish_many(outgoing, declare=[self.queue(queue), self.dead_letter_queue(queue)])
-        except BaseException:
-            if listener is not None:
-                for message in messages:
-                    listener.forget(message.id)
-            raise
-        return [AsyncResult(message.id, message.task, listener) for message in messages]
+        return self._producer.send_many(messages, queue=queue, want_result=want_result)
 
     def send_task(
         self,
         name: str,
-        args: tuple | list = (),
+        args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
         queue: str | None = None,
         want_result: bool = True,
-    ) -> AsyncResult:
+    ) -> AsyncResult[Any]:
         """Send a task by name, for callers that don't import its code (other systems, the CLI)."""
         task = self.tasks.get(name)
         message = TaskMessage(id=str(uuid.uuid4()), task=name, args=tuple(args), kwargs=dict(kwargs or {}))
         target = queue or (task.options.queue if task else self.default_queue)
         return self.send(message, queue=target, want_result=want_result)
-
-    def _routed_target(self, exchange: str, routing_key: str, eta: float | None) -> dict[str, Any]:
-        """Publish arguments for a named exchange: declare it and the app's queues bound to it, so the
-        bindings exist before the first message even if no worker ever ran."""
-        if eta is not None:
-            # The delay cascade delivers to one named queue; the exchange may route to several.
-            raise ConfigurationError(f"countdown/eta can't be combined with routing through exchange {exchange!r}")
-        declare: list[Any] = [self.routing.exchange(exchange)]
-        for name in self.routing.queues_bound_to(exchange):
-            declare += [self.queue(name), self.dead_letter_queue(name)]
-        return {"exchange": exchange, "routing_key": routing_key, "declare": declare, "mandatory": True}
 
     # -- routing and user events ---------------------------------------------------------
 
@@ -416,38 +343,20 @@ class App:
         Returns the event's id. Groups whose queue exists get it, whether their workers run now
         or later; an event no group is bound for is dropped, as pub/sub means.
         """
-        message = TaskMessage(id=str(uuid.uuid4()), task=routing.EVENT_TASK, args=(topic, payload))
-        own_queues = [self.queue(name) for name in self.routing.queues_bound_to(topology.EVENTS_EXCHANGE)]
-        self.broker.publish(
-            message.body(),
-            exchange=topology.EVENTS_EXCHANGE,
-            routing_key=topic,
-            headers={**message.headers(), "topic": topic},
-            declare=[topology.events_exchange(), *own_queues],
-            message_id=message.id,
-        )
-        return message.id
-
-    def _reply_listener(self) -> ReplyListener:
-        with self._lock:
-            if self._listener is None:
-                self._listener = ReplyListener(self.broker)
-            return self._listener
+        return self._producer.publish_event(topic, payload)
 
     def close(self) -> None:
         """Close the app's connections; the next send opens new ones."""
         with self._lock:
-            listener, self._listener = self._listener, None
             broker = self._broker
-        if listener is not None:
-            listener.stop()
+        self._producer.close()
         if broker is not None:
             broker.close()
 
     def forget_connections_after_fork(self) -> None:
         """In a forked worker child: never reuse the parent's sockets or threads."""
         self._lock = threading.RLock()
-        self._listener = None
+        self._producer.forget_connections_after_fork()
         if self._broker is not None:
             self._broker.forget_connections_after_fork()
 

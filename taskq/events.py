@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from taskq import topology
+from taskq import settings, topology
 from taskq.broker import publish_unconfirmed
 
 if TYPE_CHECKING:
@@ -57,14 +57,15 @@ if TYPE_CHECKING:
 
     from taskq.message import TaskMessage
 
-HEARTBEAT_INTERVAL_ENV = "TASKQ_HEARTBEAT_INTERVAL"
-BROADCAST_ENV = "TASKQ_BROADCAST"  # "off": no log records and no task events leave the worker
-FLUSH_INTERVAL_ENV = "TASKQ_BROADCAST_INTERVAL"
-BATCH_ENV = "TASKQ_BROADCAST_BATCH"  # most records in one message
-DEFAULT_HEARTBEAT_INTERVAL = 2.0
-DEFAULT_FLUSH_INTERVAL = 0.1
-DEFAULT_BATCH = 500
-DEFAULT_CAPACITY = 10_000
+# Names and defaults are written in taskq/settings.py (docs/configuration.md).
+HEARTBEAT_INTERVAL_ENV = settings.HEARTBEAT_INTERVAL_ENV
+BROADCAST_ENV = settings.BROADCAST_ENV
+FLUSH_INTERVAL_ENV = settings.BROADCAST_INTERVAL_ENV
+BATCH_ENV = settings.BROADCAST_BATCH_ENV
+DEFAULT_HEARTBEAT_INTERVAL = settings.WORKER_HEARTBEAT_INTERVAL
+DEFAULT_FLUSH_INTERVAL = settings.BROADCAST_INTERVAL
+DEFAULT_BATCH = settings.BROADCAST_BATCH
+DEFAULT_CAPACITY = settings.BROADCAST_CAPACITY
 UNHEARD_INTERVAL = 1.0  # seconds an exchange + routing key nobody is bound for goes unsent
 PROBE_GRACE = 0.2  # seconds after its flush that a probe record has to come back returned
 NDJSON = "application/x-ndjson"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kombu import Consumer
 
-from taskq import topology
+from taskq import settings, topology
 from taskq.errors import ResultLost, TaskError, TaskqError
 from taskq.message import Reply, decode_reply
 
@@ -86,7 +86,7 @@ class ReplyListener:
 
     def _open(self, budget: Budget) -> None:
         connection = self._broker.connect(
-            heartbeat=30, bounded=True, connect_timeout=budget.timeout(self._broker.retry.connect_timeout)
+            heartbeat=settings.LISTENER_HEARTBEAT, bounded=True, connect_timeout=budget.timeout(self._broker.retry.connect_timeout)
         )
         try:
             connection.ensure_connection(max_retries=0)  # once: retrying is the budget's job, not kombu's

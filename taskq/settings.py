@@ -78,6 +78,26 @@ ETA_EARLY_TOLERANCE = 1.0
 #: Seconds the embedded broker retries a database locked by other processes, then BrokerBusyError.
 EMBEDDED_GIVE_UP_AFTER = 60.0
 
+# -- the worker (taskq.worker) -----------------------------------------------------------
+
+#: Seconds an idle worker child waits for a message before it looks at its stop flag and heartbeats.
+WORKER_TICK = 1.0
+#: Refused logins or vhosts in a row after which a child stops the worker instead of reconnecting.
+WORKER_REFUSED_ATTEMPTS = 3
+#: Seconds: a child that died younger than this is replaced only after this pause (no fork loop).
+WORKER_RESTART_PAUSE = 1.0
+
+# -- broadcasting from a worker child (taskq.events; each has a TASKQ_* variable) ----------
+
+#: Seconds between a child's ``worker.heartbeat`` events (``$TASKQ_HEARTBEAT_INTERVAL``).
+WORKER_HEARTBEAT_INTERVAL = 2.0
+#: Seconds between a busy child's flushes of log records and events (``$TASKQ_BROADCAST_INTERVAL``).
+BROADCAST_INTERVAL = 0.1
+#: Most records in one broadcast message (``$TASKQ_BROADCAST_BATCH``).
+BROADCAST_BATCH = 500
+#: Records a child holds while nobody listens or the broker is away; then the newest are dropped (counted).
+BROADCAST_CAPACITY = 10_000
+
 # -- retrying a failed task (taskq.retry.RetryRules; @app.task's own defaults match) -----
 
 #: Seconds before the first retry; doubles per retry.
@@ -95,6 +115,8 @@ EXPLICIT_RETRY_LIMIT = 3
 RECONNECT_BACKOFF_FIRST = 0.5
 #: Seconds: the cap of that wait, which doubles per failed try (jittered, taskq.backoff).
 RECONNECT_BACKOFF_MAX = 10.0
+#: Seconds: AMQP heartbeat of a listener's or the dashboard's connections, and of the reply listener's.
+LISTENER_HEARTBEAT = 30.0
 
 # -- listeners: taskq logs, events, status (taskq.subscriber) ----------------------------
 
@@ -104,6 +126,10 @@ LISTENER_MAX_LENGTH = 10_000
 LISTENER_PREFETCH = 100
 #: Seconds ``taskq status`` listens for worker heartbeats (``--wait``): two heartbeat intervals and some.
 STATUS_WAIT = 4.5
+#: Seconds ``taskq call --wait`` waits for the result (``--timeout``).
+CALL_TIMEOUT = 60.0
+#: Dead letters ``taskq dead list`` shows at most (``--limit``).
+DEAD_LIST_LIMIT = 100
 
 # -- the dashboard ----------------------------------------------------------------------
 
@@ -123,3 +149,15 @@ DASHBOARD_BUCKET_SECONDS = 5
 DASHBOARD_BUCKETS = 72
 #: Seconds the page waits for a replay or purge it asked for.
 DASHBOARD_ACTION_TIMEOUT = 60.0
+#: Characters of a failure's arguments sent to the page.
+DASHBOARD_LONGEST_ARGS = 300
+#: Characters of one log field sent to the page.
+DASHBOARD_LONGEST_VALUE = 4000
+#: After a read of a ``.dead`` queue that took d seconds, it is not read again for this many times d.
+DASHBOARD_SCAN_PAUSE = 9
+#: Updates a slow browser may fall behind by before it is dropped (it reconnects).
+DASHBOARD_CLIENT_BACKLOG = 64
+#: Seconds the page's updates are gathered into one push: a busy cluster's log lines become a few.
+DASHBOARD_COALESCE = 0.25
+#: Seconds between keepalives on an idle stream to the page.
+DASHBOARD_KEEPALIVE = 15.0

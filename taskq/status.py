@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlparse
 
-from taskq import topology
+from taskq import settings, topology
 from taskq.broker import queue_counts
 from taskq.local_node import node_names_to_try, node_short_name_serving
 from taskq.subscriber import Subscription, records
@@ -205,7 +205,7 @@ def listen_for_workers(app: App, duration: float, *, should_stop: Callable[[], b
             last_seen=float(record.get("timestamp", time.time())),
         )
 
-    subscription = Subscription(app.broker, topology.lifecycle_exchange(), ["worker.*"], max_length=10_000)
+    subscription = Subscription(app.broker, topology.lifecycle_exchange(), ["worker.*"], max_length=settings.LISTENER_MAX_LENGTH)
     subscription.run(on_message, should_stop=should_stop, duration=duration)
     workers = sorted(latest.values(), key=lambda w: (w.host, w.ppid, w.pid))
     for worker in workers:

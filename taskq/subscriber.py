@@ -1,7 +1,7 @@
 """Listening on a broadcast exchange: one private, bounded queue per listener.
 
-Used by ``taskq logs``, ``taskq events`` and ``taskq status``; ``follow`` keeps one listening
-through broker outages. Each listener declares its
+Used by ``taskq logs``, ``taskq events``, ``taskq status`` and the dashboard; ``follow`` keeps
+one listening through broker outages (taskq.consumer_loop). Each listener declares its
 own exclusive auto-delete queue, so two listeners each get every message, and nothing is
 kept once the last one leaves. The queue is bounded with ``drop-head``: a listener that
 falls behind loses its oldest lines; the workers never notice.
@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kombu import Consumer, Exchange
 
-from taskq import settings, topology
-from taskq.backoff import reconnect_backoff
+from taskq import consumer_loop, settings, topology
 
 if TYPE_CHECKING:
+    from kombu import Connection
+
     from taskq.broker import Broker
 
 DEFAULT_MAX_LENGTH = settings.LISTENER_MAX_LENGTH
+READ_SLICE = 0.2  # seconds a listener blocks reading before it looks at its stop flag again
 
 
 def records(message: Any) -> Iterator[dict[str, Any]]:
@@ -75,8 +77,30 @@ class Subscription:
         self.max_length = max_length
         self.queue_name: str | None = None
 
+    def connect(self) -> Connection:
+        """A new, unconnected connection for this listener (its heartbeats keep an idle one alive)."""
+        return self.broker.connect(heartbeat=settings.LISTENER_HEARTBEAT)
+
     def run(
         self,
+        on_message: Callable[[Any], None],
+        *,
+        should_stop: Callable[[], bool],
+        on_ready: Callable[[str], None] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Listen on one connection, no reconnecting (``taskq status`` listens for a few seconds)."""
+        connection = self.connect()
+        try:
+            self.consume(connection, on_message, should_stop=should_stop, on_ready=on_ready, duration=duration)
+        except BaseException:
+            connection.collect()
+            raise
+        consumer_loop.release(connection)
+
+    def consume(
+        self,
+        connection: Connection,
         on_message: Callable[[Any], None],
         *,
         should_stop: Callable[[], bool],
@@ -90,35 +114,28 @@ class Subscription:
         real: a listener that stops reading stops receiving, and its queue drops the oldest.
         """
         deadline = None if duration is None else time.monotonic() + duration
-        connection = self.broker.connect(heartbeat=30)
-        try:
-            channel = connection.channel()
-            self.exchange(channel).declare()
-            queue = topology.subscriber_queue(self.exchange, self.binding_keys, max_length=self.max_length)(channel)
-            queue.declare()
-            self.queue_name = queue.name
+        channel = connection.channel()
+        self.exchange(channel).declare()
+        queue = topology.subscriber_queue(self.exchange, self.binding_keys, max_length=self.max_length)(channel)
+        queue.declare()
+        self.queue_name = queue.name
 
-            def deliver(message: Any) -> None:
-                on_message(message)
-                message.ack()
+        def deliver(message: Any) -> None:
+            on_message(message)
+            message.ack()
 
-            consumer = Consumer(channel, queues=[queue], on_message=deliver, prefetch_count=settings.LISTENER_PREFETCH, auto_declare=False)
-            consumer.consume()
-            if on_ready is not None:
-                on_ready(queue.name)
-            while not should_stop():
-                timeout = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
-                if timeout <= 0:
-                    break
-                try:
-                    connection.drain_events(timeout=timeout)
-                except socket.timeout:
-                    connection.heartbeat_check()
-        finally:
+        consumer = Consumer(channel, queues=[queue], on_message=deliver, prefetch_count=settings.LISTENER_PREFETCH, auto_declare=False)
+        consumer.consume()
+        if on_ready is not None:
+            on_ready(queue.name)
+        while not should_stop():
+            timeout = READ_SLICE if deadline is None else min(READ_SLICE, deadline - time.monotonic())
+            if timeout <= 0:
+                break
             try:
-                connection.release()
-            except Exception:  # already broken: just drop it
-                connection.collect()
+                connection.drain_events(timeout=timeout)
+            except socket.timeout:
+                connection.heartbeat_check()
 
 
 class StopFlag:
@@ -154,23 +171,26 @@ def follow(
     (``taskq logs`` counts those lines by their numbers).
     """
     listening = False
-    attempt = 0
+    outage = False  # said once per outage, not per try
+    returned = False
 
     def ready(queue: str) -> None:
-        nonlocal listening, attempt
+        nonlocal listening, outage
         (on_reconnected if listening else on_ready)(queue)
-        listening, attempt = True, 0
+        listening, outage = True, False
 
-    while not should_stop():
-        try:
-            subscription.run(on_message, should_stop=should_stop, on_ready=ready)
-            return
-        except subscription.broker.connection_errors as exc:
-            if not listening:
-                raise
-            if attempt == 0:
-                on_lost(exc)
-        pause_until = time.monotonic() + reconnect_backoff(attempt)
-        attempt += 1
-        while not should_stop() and time.monotonic() < pause_until:
-            time.sleep(0.1)  # a pause that Ctrl-C ends within a tenth of a second
+    def consume(connection: Connection) -> None:
+        nonlocal returned
+        subscription.consume(connection, on_message, should_stop=should_stop, on_ready=ready)
+        returned = True
+
+    def lost(event: consumer_loop.Lost) -> None:
+        nonlocal outage
+        if not listening:
+            raise event.error
+        if not outage:
+            on_lost(event.error)
+        outage = True
+
+    consumer_loop.run(subscription.connect, consume, errors=subscription.broker.connection_errors,
+                      should_stop=lambda: returned or should_stop(), on_lost=lost)

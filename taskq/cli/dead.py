@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
+from taskq import settings
 from taskq.broker import Broker
 from taskq.cli.common import UserError, broker_option, load, optional_app_option, yes_option
 from taskq.dead import DeadLetter, count_dead, list_dead, purge, replay
@@ -50,7 +51,7 @@ def dead() -> None:
 
 @dead.command("list")
 @click.argument("queue")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
+@click.option("--limit", type=click.IntRange(min=1), default=settings.DEAD_LIST_LIMIT, show_default=True, help="Show at most this many.")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help="Under each task that failed, the traceback its worker recorded.")
 @app_for_its_broker

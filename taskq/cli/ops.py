@@ -199,7 +199,7 @@ def parse_json(option: str, text: str, expected: type) -> Any:
 @click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Keyword arguments, a JSON object.")
 @click.option("--queue", default=None, help="Send to this queue (required for a task the app doesn't define).")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it as JSON.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=settings.CALL_TIMEOUT, show_default=True, help="Seconds --wait waits.")
 def call(task_name: str, app_path: str, broker: str | None, args_json: str, kwargs_json: str, queue: str | None, wait: bool, timeout: float) -> None:
     """Send TASK with arguments; print its id, or with --wait its result."""
     args = parse_json("--args", args_json, list)

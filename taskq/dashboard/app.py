@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from taskq.app import App
 
 STATIC = Path(__file__).parent / "static"
-CLIENT_BACKLOG = 64  # messages a slow browser may fall behind by before it is dropped (it reconnects)
-COALESCE = 0.25  # seconds: a busy cluster's thousand log lines a second become four pushes
-KEEPALIVE = 15.0
+CLIENT_BACKLOG = settings.DASHBOARD_CLIENT_BACKLOG
+COALESCE = settings.DASHBOARD_COALESCE
+KEEPALIVE = settings.DASHBOARD_KEEPALIVE
 ACTION_TIMEOUT = settings.DASHBOARD_ACTION_TIMEOUT
 
 

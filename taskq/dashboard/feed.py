@@ -17,8 +17,9 @@ reads it.
   (replay, purge), one at a time, so a peek never hides a dead letter from a replay
   running beside it.
 
-Each loop reconnects by itself with a capped, jittered backoff (taskq.backoff.reconnect_backoff,
-as workers do) and reports itself up or down; the page shows "broker: down" while any is.
+Each loop reconnects by itself through taskq.consumer_loop, as workers and ``taskq logs`` do
+(a capped, jittered backoff), and reports itself up or down; the page shows "broker: down"
+while any is.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from taskq import dead, settings, topology
+from taskq import consumer_loop, dead, settings, topology
 from taskq.broker import queue_counts
 from taskq.dashboard.state import CONNECTING, FAILURE_FIELDS, DashboardState, Failure
-from taskq.errors import TaskqError, UserActionError
+from taskq.errors import NoSuchQueue, TaskqError, UserActionError
 from taskq.message import unpack
 from taskq.status import QueueStats, with_dead_letter_queues
-from taskq.backoff import reconnect_backoff
 from taskq.subscriber import Subscription, records
 
 if TYPE_CHECKING:
@@ -50,19 +50,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskq.dashboard")
 
 DEAD_LETTERS_SHOWN = settings.DASHBOARD_DEAD_LETTERS_SHOWN
-LONGEST_ARGS = 300  # characters of a failure's arguments sent to the page
+LONGEST_ARGS = settings.DASHBOARD_LONGEST_ARGS
 # Finding the newest dead letters reads the whole .dead queue: after a read that took d
 # seconds, that queue isn't read again for SCAN_PAUSE * d, so a huge one can't keep the
 # counts thread (and the page's actions) busy.
-SCAN_PAUSE = 9
-SUBSCRIPTION_LENGTH = 10_000  # messages the broker holds for a loop that falls behind; then drops the oldest
+SCAN_PAUSE = settings.DASHBOARD_SCAN_PAUSE
+SUBSCRIPTION_LENGTH = settings.LISTENER_MAX_LENGTH  # what a loop that falls behind may lag by; then the oldest go
 
 
 def peek_failures(connection: Connection, queue_name: str, limit: int = DEAD_LETTERS_SHOWN) -> list[Failure]:
     """The newest dead letters of ``queue_name``, newest first, with their args; left in place, as ``taskq dead list`` leaves them."""
     try:
         _, messages = dead.newest(connection, queue_name, limit)
-    except dead.NoSuchQueue:
+    except NoSuchQueue:
         return []
     return [failure_from_message(message, queue_name) for message in reversed(messages)]
 
@@ -91,7 +91,7 @@ class Action:
     kind: str  # "replay" or "purge"
     queue: str
     task_id: str | None = None
-    future: concurrent.futures.Future = None  # type: ignore[assignment]
+    future: concurrent.futures.Future[dict[str, Any]] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.future = concurrent.futures.Future()
@@ -123,7 +123,7 @@ class Feed:
         for thread in self.threads:
             thread.join(timeout=5)
 
-    def submit(self, action: Action) -> concurrent.futures.Future:
+    def submit(self, action: Action) -> concurrent.futures.Future[dict[str, Any]]:
         """Queue an action for the counts thread; fails at once while the broker is down."""
         if self.state.problem("counts"):
             action.future.set_exception(TaskqError(f"the broker at {self.broker.masked_url} is down"))
@@ -134,46 +134,48 @@ class Feed:
 
     # -- the loops --------------------------------------------------------------------------
 
-    def _forever(self, name: str, serve: Callable[[Callable[[], None]], None]) -> None:
-        """Run one loop until stopped, reconnecting with backoff; report the broker up or down."""
-        attempt = 0
+    def _forever(self, name: str, serve: Callable[[Connection, Callable[[], None]], None]) -> None:
+        """Run one loop until stopped, reconnecting with backoff; report the broker up or down.
 
-        def connected() -> None:
-            nonlocal attempt
+        ``serve(connection, ready)`` says ``ready()`` once it consumes: up means working, not
+        merely connected (a queue the broker refuses to declare keeps the loop down)."""
+
+        def ready() -> None:
             if self.state.problem(name) not in (None, CONNECTING):
                 log.info("dashboard reconnected to the broker", loop=name, broker=self.broker.masked_url)
-            attempt = 0
             self.state.component(name, None)
 
-        while not self.stopping.is_set():
-            try:
-                serve(connected)
-            except Exception as exc:  # noqa: BLE001  (a broker gone, refusing us, or a bug: say so, retry)
-                problem = f"{type(exc).__name__}: {exc}"[:300]
-                if self.state.component(name, problem):  # said once per outage, not per retry
-                    log.warning("dashboard lost the broker; reconnecting", loop=name, broker=self.broker.masked_url, error=problem)
-                if name == "counts":
-                    self._fail_pending_actions(problem)
-            self.stopping.wait(reconnect_backoff(attempt))
-            attempt += 1
+        def lost(event: consumer_loop.Lost) -> None:
+            problem = f"{type(event.error).__name__}: {event.error}"[:300]
+            if self.state.component(name, problem):  # said once per outage, not per retry
+                log.warning("dashboard lost the broker; reconnecting", loop=name, broker=self.broker.masked_url, error=problem)
+            if name == "counts":
+                self._fail_pending_actions(problem)
 
-    def _serve_workers(self, connected: Callable[[], None]) -> None:
-        self._subscribe(topology.lifecycle_exchange(), ["worker.*"], self.state.lifecycle, connected)
+        # Any Exception, not only the broker's: a broker gone, refusing us, or a bug in a
+        # loop is said on the page and retried; the dashboard itself keeps running.
+        consumer_loop.run(lambda: self.broker.connect(heartbeat=settings.LISTENER_HEARTBEAT),
+                          lambda connection: serve(connection, ready),
+                          errors=(Exception,), should_stop=self.stopping, on_lost=lost)
 
-    def _serve_tasks(self, connected: Callable[[], None]) -> None:
-        self._subscribe(topology.lifecycle_exchange(), ["task.succeeded", "task.failed"], self.state.lifecycle, connected)
+    def _serve_workers(self, connection: Connection, ready: Callable[[], None]) -> None:
+        self._subscribe(connection, topology.lifecycle_exchange(), ["worker.*"], self.state.lifecycle, ready)
 
-    def _subscribe(self, exchange: Any, keys: list[str], deliver: Callable[[dict[str, Any]], None],
-                   connected: Callable[[], None]) -> None:
+    def _serve_tasks(self, connection: Connection, ready: Callable[[], None]) -> None:
+        self._subscribe(connection, topology.lifecycle_exchange(), ["task.succeeded", "task.failed"],
+                        self.state.lifecycle, ready)
+
+    def _subscribe(self, connection: Connection, exchange: Any, keys: list[str],
+                   deliver: Callable[[dict[str, Any]], None], ready: Callable[[], None]) -> None:
         def on_message(message: Any) -> None:
             for record in records(message):
                 if record.get("app") == self.app.name:
                     deliver(record)
 
         subscription = Subscription(self.broker, exchange, keys, max_length=SUBSCRIPTION_LENGTH)
-        subscription.run(on_message, should_stop=self.stopping.is_set, on_ready=lambda _: connected())
+        subscription.consume(connection, on_message, should_stop=self.stopping.is_set, on_ready=lambda _: ready())
 
-    def _serve_logs(self, connected: Callable[[], None]) -> None:
+    def _serve_logs(self, connection: Connection, ready: Callable[[], None]) -> None:
         shown = {None, *self.state.queue_names}
 
         def deliver(record: dict[str, Any]) -> None:
@@ -181,27 +183,19 @@ class Feed:
             if record.get("queue") in shown:
                 self.state.log_line(record)
 
-        self._subscribe(topology.logs_exchange(), [""], deliver, connected)
+        self._subscribe(connection, topology.logs_exchange(), [""], deliver, ready)
 
-    def _serve_counts(self, connected: Callable[[], None]) -> None:
-        connection = self.broker.connect(heartbeat=30)
-        try:
-            connection.ensure_connection(max_retries=1)
-            connected()
-            dead_seen: dict[str, int | None] = {}
-            while not self.stopping.is_set():
-                self._refresh(connection, dead_seen)
-                self.refresh_now.wait(settings.DASHBOARD_REFRESH_INTERVAL)
-                self.refresh_now.clear()
-                while not self.actions.empty():
-                    self._run(connection, self.actions.get_nowait())
-                    dead_seen.clear()  # look at the dead letters again: the action may have moved some
-                connection.heartbeat_check()
-        finally:
-            try:
-                connection.release()
-            except Exception:  # noqa: BLE001  (already broken: just drop it)
-                connection.collect()
+    def _serve_counts(self, connection: Connection, ready: Callable[[], None]) -> None:
+        ready()
+        dead_seen: dict[str, int | None] = {}
+        while not self.stopping.is_set():
+            self._refresh(connection, dead_seen)
+            self.refresh_now.wait(settings.DASHBOARD_REFRESH_INTERVAL)
+            self.refresh_now.clear()
+            while not self.actions.empty():
+                self._run(connection, self.actions.get_nowait())
+                dead_seen.clear()  # look at the dead letters again: the action may have moved some
+            connection.heartbeat_check()
 
     def _refresh(self, connection: Connection, dead_seen: dict[str, int | None]) -> None:
         busy = self.state.busy_children()
@@ -248,7 +242,7 @@ class Feed:
                 raise UserActionError(f"unknown action {action.kind!r}")
             log.info("dashboard action", action=action.kind, queue=action.queue, task_id=action.task_id, **result)
             action.future.set_result(result)
-        except dead.NoSuchQueue as exc:
+        except NoSuchQueue as exc:
             action.future.set_exception(UserActionError(str(exc)))
         except TaskqError as exc:
             action.future.set_exception(exc)

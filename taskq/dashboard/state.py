@@ -19,7 +19,7 @@ from taskq import settings, topology
 from taskq.status import QueueStats, WorkerInfo
 
 LOG_LINES_KEPT = settings.DASHBOARD_LOG_LINES_KEPT
-LONGEST_VALUE = 4000  # characters of one log field sent to the page
+LONGEST_VALUE = settings.DASHBOARD_LONGEST_VALUE
 BUCKET_SECONDS = settings.DASHBOARD_BUCKET_SECONDS
 BUCKETS = settings.DASHBOARD_BUCKETS
 COMPONENTS = ("counts", "workers", "tasks", "logs")  # the feed's loops, each with its connection

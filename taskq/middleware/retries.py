@@ -85,9 +85,9 @@ def rules_from(options: Mapping[str, Any]) -> RetryRules:
     retry_for = options.get("retry_for", (Exception,))
     return RetryRules(
         max_retries=options.get("max_retries"),
-        retry_backoff=options.get("retry_backoff", 1.0),
-        retry_backoff_max=options.get("retry_backoff_max", 600.0),
-        retry_jitter=options.get("retry_jitter", True),
+        retry_backoff=options.get("retry_backoff", settings.RETRY_BACKOFF),
+        retry_backoff_max=options.get("retry_backoff_max", settings.RETRY_BACKOFF_MAX),
+        retry_jitter=options.get("retry_jitter", settings.RETRY_JITTER),
         retry_for=(retry_for,) if isinstance(retry_for, type) else tuple(retry_for),
     )
 
@@ -100,7 +100,8 @@ class Retries(Middleware):
     """
 
     task_options: ClassVar[Mapping[str, Any]] = {
-        "max_retries": None, "retry_backoff": 1.0, "retry_backoff_max": 600.0, "retry_jitter": True,
+        "max_retries": None, "retry_backoff": settings.RETRY_BACKOFF, "retry_backoff_max": settings.RETRY_BACKOFF_MAX,
+        "retry_jitter": settings.RETRY_JITTER,
         "retry_for": (Exception,),
     }
 

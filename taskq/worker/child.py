@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import structlog
 from kombu import Connection, Consumer
 
-from taskq import routing
-from taskq.backoff import reconnect_backoff
+from taskq import consumer_loop, routing, settings
 from taskq.broker import REFUSALS, connection_problem
-from taskq.errors import BrokerError
-from taskq.message import InvalidMessage, decode_task
+from taskq.errors import BrokerError, InvalidMessage
+from taskq.message import decode_task
 from taskq.middleware.delivery import (
     DeadLetter, Decision, Delivery, Succeeded, dead_letter_failure, dead_letter_reply,
 )
@@ -43,12 +42,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("taskq.worker")
 
-TICK = 1.0  # seconds between checks of the stop flag and heartbeats while idle
 #: The child's exit status when the broker itself is unusable: it refused our login or vhost
-#: (broker.REFUSALS) REFUSED_ATTEMPTS times in a row (riding out a user or vhost being created
-#: just now), or raised BrokerError (say, a damaged embedded broker file). Every child forked
-#: would die the same way, so the supervisor stops the worker instead of starting another.
-REFUSED_ATTEMPTS = 3
+#: (broker.REFUSALS) settings.WORKER_REFUSED_ATTEMPTS times in a row (riding out a user or
+#: vhost being created just now), or raised BrokerError (say, a damaged embedded broker
+#: file). Every child forked would die the same way, so the supervisor stops the worker
+#: instead of starting another.
 EXIT_BROKER_UNUSABLE = os.EX_CONFIG
 SUCCEEDED = Succeeded()
 
@@ -56,7 +54,7 @@ SUCCEEDED = Succeeded()
 class ChildWorker:
     """Consumes from the setup's queues until told to stop; survives broker restarts."""
 
-    def __init__(self, setup: WorkerSetup, tick: float = TICK, owns_process: bool = False) -> None:
+    def __init__(self, setup: WorkerSetup, tick: float = settings.WORKER_TICK, owns_process: bool = False) -> None:
         self.setup = setup
         self.broker = setup.broker
         self.tick = tick
@@ -75,6 +73,8 @@ class ChildWorker:
         self._runner = TaskRunner(self.keep_alive, self.broker.connection_errors, watchdog)
         self._task_log = log
         self._task_lines = True  # whether _task_log keeps INFO lines (see _bind_task_log)
+        self._refusals = 0  # refused logins or vhosts in a row, up to settings.WORKER_REFUSED_ATTEMPTS
+        self._broker_unusable = False  # refused that often: stop, and exit EXIT_BROKER_UNUSABLE
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -114,42 +114,35 @@ class ChildWorker:
         self._task_lines = bool(is_enabled_for(logging.INFO)) if is_enabled_for is not None else True
 
     def _reconnecting(self) -> int:
-        failures = 0  # connections lost in a row: the reconnect backoff grows with it
-        refusals = 0
-        while not self.stopping:
-            connection = self.broker.connect(heartbeat=self.setup.heartbeat)
-            try:
-                try:
-                    connection.ensure_connection(max_retries=1)
-                except REFUSALS as exc:
-                    refusals += 1
-                    if refusals >= REFUSED_ATTEMPTS:
-                        log.error("broker refused the connection: giving up", attempts=refusals,
-                                  error=connection_problem(self.broker.masked_url, exc))
-                        return EXIT_BROKER_UNUSABLE
-                    raise
-                failures, refusals = 0, 0
-                self._serve(connection)
-            except self.broker.connection_errors as exc:
-                # Deliveries of the dead channel can't be acked: the broker requeued them.
-                self._inbox.clear()
-                pause = reconnect_backoff(failures)  # jittered: spreads a fleet's reconnects
-                log.warning(
-                    "broker refused the connection, retrying" if refusals else "broker connection lost, reconnecting",
-                    broker=self.broker.masked_url,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in=round(pause, 1),
-                )
-                self._sleep_unless_stopping(pause)
-                failures += 1
-            finally:
-                connection.collect()
-        return 0
+        consumer_loop.run(
+            lambda: self.broker.connect(heartbeat=self.setup.heartbeat),
+            self._serve,
+            errors=self.broker.connection_errors,
+            should_stop=lambda: self.stopping or self._broker_unusable,
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+        )
+        return EXIT_BROKER_UNUSABLE if self._broker_unusable else 0
 
-    def _sleep_unless_stopping(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, deadline - time.monotonic()))
+    def _on_connected(self, reconnected: bool) -> None:
+        self._refusals = 0
+
+    def _on_lost(self, lost: consumer_loop.Lost) -> None:
+        # Deliveries of the dead channel can't be acked: the broker requeued them.
+        self._inbox.clear()
+        if not lost.was_connected and isinstance(lost.error, REFUSALS):
+            self._refusals += 1
+            if self._refusals >= settings.WORKER_REFUSED_ATTEMPTS:
+                log.error("broker refused the connection: giving up", attempts=self._refusals,
+                          error=connection_problem(self.broker.masked_url, lost.error))
+                self._broker_unusable = True
+                return
+        log.warning(
+            "broker refused the connection, retrying" if self._refusals else "broker connection lost, reconnecting",
+            broker=self.broker.masked_url,
+            error=f"{type(lost.error).__name__}: {lost.error}",
+            retry_in=round(lost.pause, 1),  # jittered: spreads a fleet's reconnects
+        )
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -197,7 +190,6 @@ class ChildWorker:
             delivery.message.requeue()
         self._inbox.clear()
         self.pipeline.notify("on_disconnect")
-        connection.release()
 
     def _receiver(self, queue_name: str) -> Callable[[Any], None]:
         def receive(message: Any) -> None:

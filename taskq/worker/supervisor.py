@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from taskq import settings
 from taskq.app import App
 from taskq.worker.child import EXIT_BROKER_UNUSABLE, child_main
 from taskq.worker.limits import EXIT_TIME_LIMIT
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskq.worker")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-RESTART_BACKOFF = 1.0  # a child that died younger than this is restarted after a pause
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class Supervisor:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        assert process.pid is not None  # started: it has one
         self.children[process.pid] = ChildProcess(process, time.monotonic())
         log.debug("child started", child_pid=process.pid)
 
@@ -135,8 +136,8 @@ class Supervisor:
             log.info("child ended a task past its hard time limit, starting another", child_pid=pid)
         else:
             log.warning("child died, starting another", child_pid=pid, exitcode=exitcode)
-        if time.monotonic() - child.started_at < RESTART_BACKOFF:
-            time.sleep(RESTART_BACKOFF)  # don't fork-bomb on a child that dies at start
+        if time.monotonic() - child.started_at < settings.WORKER_RESTART_PAUSE:
+            time.sleep(settings.WORKER_RESTART_PAUSE)  # don't fork-bomb on a child that dies at start
         self._start_child()
 
     def _kill_children(self) -> None:

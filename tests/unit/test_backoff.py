@@ -9,9 +9,6 @@ from taskq.broker import RetryPolicy
 from taskq.middleware.retries import RetryRules, backoff
 from tests.support import ROOT
 
-# child.py's reconnect loop is being rewritten beside this; it moves to reconnect_backoff then.
-NOT_YET_SWITCHED: set[str] = set()
-
 
 def test_each_wait_is_in_the_upper_half_of_a_doubling_capped_step():
     rng = random.Random(3)
@@ -45,4 +42,4 @@ def test_no_other_module_jitters_by_itself():
         str(path.relative_to(ROOT)) for path in (ROOT / "taskq").rglob("*.py")
         if "random.uniform(" in path.read_text() or ".uniform(" in path.read_text()
     )
-    assert set(own) - NOT_YET_SWITCHED == {"taskq/backoff.py"}, own
+    assert set(own) == {"taskq/backoff.py"}, own

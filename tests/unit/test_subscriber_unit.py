@@ -1,5 +1,5 @@
 """``subscriber.follow``, the listener loop behind taskq logs and taskq events, with a scripted
-subscription (no broker): what it says and does when the broker goes away."""
+subscription and connections (no broker): what it says and does when the broker goes away."""
 
 from __future__ import annotations
 
@@ -10,20 +10,38 @@ import pytest
 from taskq.subscriber import follow
 
 
+class ScriptedConnection:
+    """Connects unless the step is "unreachable"; a connection of the consumer loop, no socket."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def ensure_connection(self, **options):
+        if self.step == "unreachable":
+            raise ConnectionError("refused")
+        return self
+
+    def release(self) -> None:
+        pass
+
+    def collect(self) -> None:
+        pass
+
+
 class ScriptedSubscription:
-    """Each run() does the next step: "ready" (listens, then returns when told to stop),
+    """Each connection does the next step: "ready" (listens, then returns when told to stop),
     "ready-then-lost", or "unreachable"."""
 
     def __init__(self, steps: list[str]) -> None:
         self.steps = steps
         self.broker = SimpleNamespace(connection_errors=(ConnectionError,))
 
-    def run(self, on_message, *, should_stop, on_ready):
-        step = self.steps.pop(0)
-        if step == "unreachable":
-            raise ConnectionError("refused")
+    def connect(self):
+        return ScriptedConnection(self.steps.pop(0))
+
+    def consume(self, connection, on_message, *, should_stop, on_ready):
         on_ready(f"queue-{len(self.steps)}")
-        if step == "ready-then-lost":
+        if connection.step == "ready-then-lost":
             raise ConnectionError("connection reset")
 
 
