@@ -20,8 +20,7 @@ from bench.common import BROKER_URL, delete_queues, queue_name
 from taskq import App
 from taskq.logs import configure_logging
 from taskq.middleware.lifecycle_events import LifecycleEvents
-from taskq.worker.child import ChildWorker
-from taskq.worker.setup import WorkerSetup
+from taskq.worker.child import ChildWorker, WorkerSetup
 
 QUEUE = queue_name("profile")
 app = App("profile", broker=BROKER_URL)

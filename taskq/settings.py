@@ -98,7 +98,7 @@ BROADCAST_BATCH = 500
 #: Records a child holds while nobody listens or the broker is away; then the newest are dropped (counted).
 BROADCAST_CAPACITY = 10_000
 
-# -- retrying a failed task (taskq.retry.RetryRules; @app.task's own defaults match) -----
+# -- retrying a failed task (taskq.middleware.retries.RetryRules; @app.task's own defaults match) -----
 
 #: Seconds before the first retry; doubles per retry.
 RETRY_BACKOFF = 1.0

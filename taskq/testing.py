@@ -19,8 +19,7 @@ import time
 from kombu.transport import memory
 
 from taskq.app import App
-from taskq.worker.child import ChildWorker
-from taskq.worker.setup import WorkerSetup
+from taskq.worker.child import ChildWorker, WorkerSetup
 
 IDLE_TICK = 0.01
 

@@ -16,29 +16,30 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import structlog
 from kombu import Connection, Consumer
 
 from taskq import consumer_loop, routing, settings
-from taskq.broker import REFUSALS, connection_problem
+from taskq.broker import REFUSALS, Broker, connection_problem
 from taskq.errors import BrokerError, InvalidMessage
 from taskq.message import decode_task
 from taskq.middleware.delivery import (
     DeadLetter, Decision, Delivery, Succeeded, dead_letter_failure, dead_letter_reply,
 )
 from taskq.middleware.lifecycle_events import LifecycleEvents
-from taskq.middleware.pipeline import Pipeline, WorkerInfo
+from taskq.middleware.pipeline import Middleware, Pipeline, WorkerInfo
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.worker import limits
 from taskq.worker.parent_death import die_with_parent
 from taskq.worker.running import TaskRunner, Watchdog
 from taskq.worker.settle import Settler, close_within
-from taskq.worker.setup import WorkerSetup
 
 if TYPE_CHECKING:
     from taskq.app import App
+    from taskq.task import Task
 
 log = structlog.get_logger("taskq.worker")
 
@@ -49,6 +50,40 @@ log = structlog.get_logger("taskq.worker")
 #: instead of starting another.
 EXIT_BROKER_UNUSABLE = os.EX_CONFIG
 SUCCEEDED = Succeeded()
+
+
+# What a worker child needs from the App is taken once, before it starts: the worker never
+# calls up into the App (for topology, tasks or middleware) while it runs.
+@dataclass(frozen=True)
+class WorkerSetup:
+    """The broker, the queues to consume (each with its dead-letter queue), the tasks and the middleware."""
+
+    app_name: str
+    broker: Broker
+    heartbeat: float
+    queue_type: str
+    broker_delays: bool
+    tasks: Mapping[str, Task[..., Any]]
+    queues: tuple[tuple[str, Any, Any], ...]  #: (name, kombu Queue, its ``<name>.dead`` Queue)
+    middleware: tuple[Middleware, ...]
+
+    @classmethod
+    def from_app(cls, app: App, queue_names: Iterable[str], extra_middleware: Iterable[Middleware] = ()) -> WorkerSetup:
+        """``extra_middleware`` go first: the worker child's own (lifecycle events) see every message."""
+        return cls(
+            app_name=app.name,
+            broker=app.broker,
+            heartbeat=app.heartbeat,
+            queue_type=app.queue_type,
+            broker_delays=app.broker_delays,
+            tasks=app.tasks,
+            queues=tuple((name, app.queue(name), app.dead_letter_queue(name)) for name in queue_names),
+            middleware=(*extra_middleware, *app.middleware),
+        )
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [name for name, _, _ in self.queues]
 
 
 class ChildWorker:

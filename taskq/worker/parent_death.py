@@ -43,7 +43,7 @@ def kill_me_when_parent_dies() -> bool:
     """Ask the Linux kernel to SIGKILL this process when its parent dies; False if it can't."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # no libc to load, or no prctl in it
         return False
 

@@ -34,7 +34,7 @@ from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.testing import reset_memory_broker
 from taskq.worker.child import ChildWorker
 from taskq.worker.settle import Settler
-from taskq.worker.setup import WorkerSetup
+from taskq.worker.child import WorkerSetup
 
 app = App("middleware-unit")
 
