@@ -30,7 +30,7 @@ from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.middleware.pipeline import WorkerInfo
 from taskq.worker.child import ChildWorker
 from taskq.worker.settle import Settler
-from taskq.worker.setup import WorkerSetup
+from taskq.worker.child import WorkerSetup
 
 QUEUE = "bench.handle_cost"
 app = App("handle-cost", broker="amqp://guest:guest@127.0.0.1:5672//")  # never connected to
