@@ -28,9 +28,8 @@ from taskq.message import CONTENT_TYPE, TaskMessage
 from taskq.middleware.delivery import Delivery
 from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.middleware.pipeline import WorkerInfo
-from taskq.worker.child import ChildWorker
+from taskq.worker.child import ChildWorker, WorkerSetup
 from taskq.worker.settle import Settler
-from taskq.worker.child import WorkerSetup
 
 QUEUE = "bench.handle_cost"
 app = App("handle-cost", broker="amqp://guest:guest@127.0.0.1:5672//")  # never connected to
