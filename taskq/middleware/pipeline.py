@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("taskq.worker")
 
 #: The hooks whose answer is a decision (the first one wins); the others only notify.
-DECISION_HOOKS = ("before_run", "decide_failure")
+DECISION_HOOKS = ("before_run", "decide_failure", "before_settle")
 
 
 def nothing(*args: Any) -> None:
@@ -51,6 +51,7 @@ class Pipeline:
     on_task_succeeded: Callable[[Delivery], None]
     on_task_failed: Callable[[Delivery], None]
     decide_failure: Callable[[Delivery], Decision | None]
+    before_settle: Callable[[Delivery, Decision], Decision | None]
     on_settled: Callable[[Delivery, Decision], None]
 
     def __init__(self, middleware: Iterable[Middleware]) -> None:
