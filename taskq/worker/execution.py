@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from taskq import context
 from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
 from taskq.middleware.delivery import Outcome, failure
@@ -34,9 +35,11 @@ def run_task(task: Task, message: TaskMessage, queue: str, guard: TaskThreadGuar
         try:
             if guard is not None:
                 guard.enter()
+            current = context.entering(message, queue)  # taskq.current() inside the task
             try:
                 result = task.function(*message.args, **message.kwargs)
             finally:
+                context.leaving(current)
                 if guard is not None:
                     guard.leave()  # a soft time limit can't be raised in this thread past here
             reply = Reply(task_id=message.id, ok=True, result=result)
