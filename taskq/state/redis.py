@@ -1,0 +1,97 @@
+"""The state store in Redis (redis-py, ``pip install 'taskq-rabbitmq[redis]'``): for workers and
+callers on many machines.
+
+Per task a hash ``<prefix><id>`` (one msgpack value per field, so a write sets only the
+fields it names) and a list ``<prefix><id>:timeline``. A write is one round trip: HSET,
+RPUSH, LTRIM and both EXPIREs in one MULTI, so a reader never sees the state without its
+timeline entry, and Redis itself drops a record after its retention.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Mapping
+
+import redis
+
+from taskq.broker import mask_url
+from taskq.errors import StateStoreError
+from taskq.message import pack, unpack
+import taskq.state.settings as settings
+from taskq.state.records import TaskRecord
+from taskq.state.store import StateStore
+
+#: Before every key: one Redis database can hold several apps' stores, or other data.
+DEFAULT_PREFIX = "taskq:task:"
+
+
+class RedisStore(StateStore):
+    """Records in the Redis database ``url`` names; one client (and its pool) per process."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, retention: float = settings.RESULT_RETENTION,
+                 timeout: float = settings.REDIS_TIMEOUT) -> None:
+        self.url = url
+        self.masked_url = mask_url(url)
+        self.prefix = prefix
+        self.retention = retention
+        self.timeout = timeout
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
+        key = self.prefix + task_id
+        ttl = max(1, int(self.retention))
+        try:
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hset(key, mapping={name: pack(value) for name, value in fields.items()})
+            pipe.expire(key, ttl)
+            if entry is not None:
+                timeline = key + ":timeline"
+                pipe.rpush(timeline, pack(dict(entry)))
+                pipe.ltrim(timeline, -settings.TIMELINE_LIMIT, -1)
+                pipe.expire(timeline, ttl)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise self._error("write to", exc) from exc
+
+    def read(self, task_id: str) -> TaskRecord | None:
+        key = self.prefix + task_id
+        try:
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hgetall(key)
+            pipe.lrange(key + ":timeline", 0, -1)
+            found, entries = pipe.execute()
+        except redis.RedisError as exc:
+            raise self._error("read", exc) from exc
+        if not found:
+            return None
+        try:
+            fields = {name.decode(): unpack(value) for name, value in found.items()}
+            timeline = [unpack(entry) for entry in entries]
+        except Exception as exc:  # not written by taskq: say so rather than guess
+            raise StateStoreError(f"state store at {self.masked_url}: the key {key!r} is not a taskq record "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        return TaskRecord.from_fields(task_id, fields, timeline)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None and self._pid == os.getpid():
+                self._client.close()
+            self._client = None
+
+    def _redis(self) -> redis.Redis:
+        """This process's client: one inherited across a fork would share its sockets with the parent."""
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                try:
+                    self._client = redis.Redis.from_url(self.url, socket_timeout=self.timeout,
+                                                        socket_connect_timeout=self.timeout)
+                except ValueError as exc:  # a malformed URL
+                    raise StateStoreError(f"bad Redis URL for the state store {self.masked_url}: {exc}") from exc
+                self._pid = os.getpid()
+            return self._client
+
+    def _error(self, doing: str, exc: BaseException) -> StateStoreError:
+        return StateStoreError(f"cannot {doing} the state store at {self.masked_url}: {type(exc).__name__}: {exc}")
