@@ -6,12 +6,17 @@ import it, and never each other.
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import click
 
 from taskq import settings
 from taskq.app import App
 from taskq.errors import ConfigurationError
 from taskq.loader import load_app
+
+
+Command = TypeVar("Command", bound=Callable[..., object])
 
 
 class UserError(click.ClickException):
@@ -51,7 +56,7 @@ broker_option = click.option(
 )
 
 
-def optional_app_option(help_text: str):
+def optional_app_option(help_text: str) -> Callable[[Command], Command]:
     """-A for commands that work without an app too (they then only need a broker)."""
     return click.option("-A", "--app", "app_path", envvar=settings.APP_ENV, default=None, metavar="MODULE:APP", help=help_text)
 
