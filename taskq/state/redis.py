@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -22,18 +23,19 @@ import taskq.state.settings as settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 
-#: Before every key: one Redis database can hold several apps' stores, or other data.
+#: Before every key: one Redis database can hold several apps' stores, or other data
+#: (``redis://host:6379/0?prefix=shop:`` for another).
 DEFAULT_PREFIX = "taskq:task:"
 
 
 class RedisStore(StateStore):
     """Records in the Redis database ``url`` names; one client (and its pool) per process."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, retention: float = settings.RESULT_RETENTION,
+    def __init__(self, url: str, *, prefix: str | None = None, retention: float = settings.RESULT_RETENTION,
                  timeout: float = settings.REDIS_TIMEOUT) -> None:
-        self.url = url
+        self.url, prefix_in_url = without_prefix(url)
         self.masked_url = mask_url(url)
-        self.prefix = prefix
+        self.prefix = prefix if prefix is not None else prefix_in_url or DEFAULT_PREFIX
         self.retention = retention
         self.timeout = timeout
         self._client: redis.Redis | None = None
@@ -95,3 +97,12 @@ class RedisStore(StateStore):
 
     def _error(self, doing: str, exc: BaseException) -> StateStoreError:
         return StateStoreError(f"cannot {doing} the state store at {self.masked_url}: {type(exc).__name__}: {exc}")
+
+
+def without_prefix(url: str) -> tuple[str, str | None]:
+    """The URL without its ``prefix=`` query parameter (ours, not redis-py's), and that prefix."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((value for name, value in query if name == "prefix"), None)
+    kept = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=kept)), prefix

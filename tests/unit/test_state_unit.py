@@ -348,3 +348,27 @@ def test_timeline_entries_round_trip():
     entry = TimelineEntry(TaskState.STARTED, 12.5, 2, "h:1", redelivered=True)
     assert TimelineEntry.from_fields(entry.to_fields()) == entry
     assert pack(entry.to_fields())
+
+
+def test_progress_is_carried_in_the_lifecycle_events():
+    import json
+
+    import structlog
+
+    from taskq.events import Broadcaster
+    from taskq.middleware.lifecycle_events import LifecycleEvents
+
+    broadcaster = Broadcaster("shop", ["orders"])
+    events = LifecycleEvents(broadcaster)
+    processors = list(structlog.get_config()["processors"])  # on_worker_start adds the broadcast's
+    events.on_worker_start(WorkerInfo("shop", ("orders",), True, 1))
+    try:
+        TaskContext(TaskMessage(id="t-1", task="shop.resize"), "orders").progress(0.25, step="upload")
+    finally:
+        events.on_worker_stop()
+        structlog.configure(processors=processors)
+    TaskContext(TaskMessage(id="t-2", task="shop.resize"), "orders").progress(0.5)  # no longer listened to
+    progress = [json.loads(body) for _, key, body in broadcaster._pending if key == "task.progress"]
+    assert len(progress) == 1
+    assert progress[0]["task_id"] == "t-1" and progress[0]["progress"] == 0.25
+    assert progress[0]["meta"] == {"step": "upload"} and progress[0]["task"] == "shop.resize"
