@@ -16,6 +16,7 @@ import click
 from taskq.cli.common import UserError, broker_option, load, optional_app_option
 from taskq.errors import TaskError
 from taskq.state import StateStore, StoredResult, TaskState, open_store
+from taskq.state.records import as_json
 
 #: Exit status of ``--wait`` when the task failed, was dead-lettered or revoked (as ``taskq call
 #: --wait``); 2 is a usage mistake.
@@ -43,22 +44,6 @@ def summary(result: StoredResult) -> str:
     if record.reason:
         parts.append(f"reason={record.reason}")
     return "  ".join(parts)
-
-
-def as_json(result: StoredResult) -> dict[str, Any]:
-    record = result.record
-    args, kwargs = record.arguments()
-    reply = record.outcome()
-    return {
-        "id": result.id, "task": record.task, "queue": record.queue, "state": result.state.value,
-        "attempts": record.attempts, "worker": record.worker, "progress": record.progress, "meta": dict(record.meta),
-        "received_at": record.received_at, "started_at": record.started_at, "finished_at": record.finished_at,
-        "updated_at": record.updated_at, "args": args, "kwargs": kwargs, "reason": record.reason,
-        "result": reply.result if reply is not None and reply.ok else None,
-        "error": None if reply is None or reply.ok else {"type": reply.exc_type, "message": reply.exc_message,
-                                                          "traceback": reply.traceback},
-        "timeline": [entry.to_fields() for entry in record.timeline],
-    }
 
 
 def store_from_options(app_path: str | None, results: str | None, broker: str | None) -> StateStore:
@@ -102,7 +87,7 @@ def result(task_id: str, wait: bool, timeout: float | None, json_output: bool, r
         except TaskError as exc:
             failure = exc
     if json_output:
-        click.echo(json.dumps(as_json(stored), default=repr))
+        click.echo(json.dumps(as_json(stored.record), default=repr))
     else:
         click.echo(summary(stored))
         record = stored.record

@@ -137,6 +137,27 @@ class TaskRecord:
         return (list(args) if isinstance(args, list) else []), (dict(kwargs) if isinstance(kwargs, dict) else {})
 
 
+def as_json(record: TaskRecord) -> dict[str, Any]:
+    """The record as JSON-able data, for ``taskq result --json`` and the dashboard's task page."""
+    args, kwargs = record.arguments()
+    try:
+        reply = record.outcome()
+    except Exception:  # a reply that can't be decoded: show the rest of the record
+        reply = None
+    return {
+        "id": record.id, "task": record.task, "queue": record.queue, "state": record.state.value,
+        "final": record.state.final, "attempts": record.attempts, "worker": record.worker,
+        "progress": record.progress, "meta": dict(record.meta), "received_at": record.received_at,
+        "started_at": record.started_at, "finished_at": record.finished_at, "updated_at": record.updated_at,
+        "args": args, "kwargs": kwargs, "reason": record.reason, "detail": record.detail,
+        "ignore_result": record.ignore_result,
+        "result": reply.result if reply is not None and reply.ok else None,
+        "error": None if reply is None or reply.ok else {"type": reply.exc_type, "message": reply.exc_message,
+                                                          "traceback": reply.traceback},
+        "timeline": [entry.to_fields() for entry in record.timeline],
+    }
+
+
 def state_named(name: Any) -> TaskState:
     """A stored state's name as the enum; an unknown name (a newer taskq wrote it) reads as PENDING."""
     try:
