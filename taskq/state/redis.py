@@ -2,9 +2,9 @@
 callers on many machines.
 
 Per task a hash ``<prefix><id>`` (one msgpack value per field, so a write sets only the
-fields it names) and a list ``<prefix><id>:timeline``. A write is one round trip: HSET,
-RPUSH, LTRIM and both EXPIREs in one MULTI, so a reader never sees the state without its
-timeline entry, and Redis itself drops a record after its retention.
+fields it names) and a list ``<prefix><id>:timeline``. A write is one round trip, one Lua
+script (HSET, RPUSH, LTRIM and both EXPIREs), atomic as scripts are, so a reader never
+sees the state without its timeline entry; Redis itself drops a record after its retention.
 """
 
 from __future__ import annotations
@@ -28,6 +28,22 @@ from taskq.state.store import StateStore
 DEFAULT_PREFIX = "taskq:task:"
 
 
+#: KEYS: the record's hash, its timeline list. ARGV: seconds to keep, timeline entries to keep,
+#: the timeline entry ('' for none), then field, value, field, value, ...
+WRITE_SCRIPT = """
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+
 class RedisStore(StateStore):
     """Records in the Redis database ``url`` names; one client (and its pool) per process."""
 
@@ -39,22 +55,19 @@ class RedisStore(StateStore):
         self.retention = retention
         self.timeout = timeout
         self._client: redis.Redis | None = None
+        self._script: Any = None
+        self._script_client: redis.Redis | None = None
         self._pid = 0
         self._lock = threading.Lock()
 
     def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
         key = self.prefix + task_id
-        ttl = max(1, int(self.retention))
+        arguments: list[Any] = [max(1, int(self.retention)), settings.TIMELINE_LIMIT,
+                                pack(dict(entry)) if entry is not None else b""]
+        for name, value in fields.items():
+            arguments += (name, pack(value))
         try:
-            pipe = self._redis().pipeline(transaction=True)
-            pipe.hset(key, mapping={name: pack(value) for name, value in fields.items()})
-            pipe.expire(key, ttl)
-            if entry is not None:
-                timeline = key + ":timeline"
-                pipe.rpush(timeline, pack(dict(entry)))
-                pipe.ltrim(timeline, -settings.TIMELINE_LIMIT, -1)
-                pipe.expire(timeline, ttl)
-            pipe.execute()
+            self._write_script()(keys=[key, key + ":timeline"], args=arguments)
         except redis.RedisError as exc:
             raise self._error("write to", exc) from exc
 
@@ -82,6 +95,16 @@ class RedisStore(StateStore):
             if self._client is not None and self._pid == os.getpid():
                 self._client.close()
             self._client = None
+
+    def _write_script(self) -> Any:
+        """The write as one server-side script: one command and one reply per write. As a MULTI of
+        HSET, EXPIRE, RPUSH, LTRIM, EXPIRE it was seven replies for redis-py to parse, which cost a
+        worker child most of its time per task (docs/benchmarks.md, "The state store")."""
+        client = self._redis()
+        if self._script is None or self._script_client is not client:
+            self._script = client.register_script(WRITE_SCRIPT)  # EVALSHA, loading it if Redis lacks it
+            self._script_client = client
+        return self._script
 
     def _redis(self) -> redis.Redis:
         """This process's client: one inherited across a fork would share its sockets with the parent."""
