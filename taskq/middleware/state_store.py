@@ -16,6 +16,7 @@ acked: kept, visible, replayable once the store is back (docs/results.md says wh
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any, Callable
 
@@ -54,6 +55,8 @@ class StateRecorder(Middleware):
         self._clock = clock
         self.worker = f"{socket.gethostname()}:?"
         self._running: str | None = None  #: the id of the task this worker runs now (for progress)
+        self._record: dict[str, Any] | None = None  #: its record, as last written
+        self._lock = threading.Lock()
         self._stop_listening: Callable[[], None] | None = None
 
     # -- worker lifecycle --------------------------------------------------------------------
@@ -80,37 +83,36 @@ class StateRecorder(Middleware):
             return None
         now = self._clock()
         redelivered = bool((getattr(delivery.message, "delivery_info", None) or {}).get("redelivered"))
-        fields: dict[str, Any] = {
-            "state": TaskState.STARTED.value, "task": envelope.task, "queue": delivery.queue,
-            "attempts": delivery.attempt, "worker": self.worker,
-            "received_at": now - max(0.0, time.monotonic() - delivery.received_at), "started_at": now,
-            "finished_at": None, "updated_at": now, "progress": None, "meta": {}, "reply": None,
-            "reason": "", "detail": "", "ignore_result": delivery.task.options.ignore_result,
-            "message": delivery.body,
-        }
+        record = self._fresh_record(delivery, now)
+        record.update(state=TaskState.STARTED.value, started_at=now)
         entry = TimelineEntry(TaskState.STARTED, now, delivery.attempt, self.worker, redelivered=redelivered)
-        problem = self._write(envelope.id, fields, entry)
+        problem = self._write(envelope.id, record, entry)
         if problem is not None:
             return DeadLetter("state-store-unavailable", problem,
                               reply=dead_letter_reply(envelope, f"{STATE_STORE_UNAVAILABLE}: {problem}"))
-        self._running = envelope.id
+        with self._lock:
+            self._running, self._record = envelope.id, record
         return None
 
     def before_settle(self, delivery: Delivery, decision: Decision) -> Decision | None:
         """The outcome, before the ack; a dead letter instead of the ack if it can't be recorded."""
         envelope = delivery.envelope
-        self._running = None
+        with self._lock:  # a progress() on the task's thread can't interleave from here on
+            started = self._record if self._running is not None and envelope is not None \
+                and self._running == envelope.id else None
+            self._running, self._record = None, None
         if envelope is None:  # no id to file it under (an undecodable message)
             return None
         if isinstance(decision, DeadLetter) and decision.reason == STATE_STORE_UNAVAILABLE:
             return None  # the store just failed us: don't wait on it a second time
         now = self._clock()
         state, fields, detail = self._outcome(delivery, decision)
-        fields.update(state=state.value, updated_at=now, worker=self.worker)
+        record = dict(started) if started is not None else self._fresh_record(delivery, now)
+        record.update(fields, state=state.value, updated_at=now)
         if state.final:
-            fields["finished_at"] = now
+            record["finished_at"] = now
         entry = TimelineEntry(state, now, delivery.attempt, self.worker, detail=detail)
-        problem = self._write(envelope.id, fields, entry)
+        problem = self._write(envelope.id, record, entry)
         if problem is None or isinstance(decision, DeadLetter):
             return None  # recorded; or parked in .dead anyway, under its own reason
         return DeadLetter("state-store-unavailable", problem,
@@ -126,7 +128,7 @@ class StateRecorder(Middleware):
         outcome = delivery.outcome
         if isinstance(decision, Succeeded) and outcome is not None:
             if delivery.task is not None and delivery.task.options.ignore_result:
-                return TaskState.SUCCEEDED, {"reply": None}, ""
+                return TaskState.SUCCEEDED, {}, ""
             try:
                 body = outcome.body or outcome.reply.body()  # not encoded when no caller waits
             except EncodeError as exc:  # the value can't be carried: nobody could get() it
@@ -134,7 +136,7 @@ class StateRecorder(Middleware):
             return TaskState.SUCCEEDED, {"reply": body}, ""
         if isinstance(decision, Retry):
             reply = outcome.reply if outcome is not None else None
-            return TaskState.RETRYING, {"reply": reply.body() if reply else None}, failure_detail(reply)
+            return TaskState.RETRYING, {"reply": reply.body()} if reply else {}, failure_detail(reply)
         if isinstance(decision, DeadLetter):
             fields: dict[str, Any] = {"reason": decision.reason, "detail": decision.detail}
             if decision.failure is not None:
@@ -148,6 +150,17 @@ class StateRecorder(Middleware):
         if isinstance(decision, Skip):
             return TaskState.REVOKED, {"detail": decision.reason}, decision.reason
         return TaskState.SUCCEEDED, {}, ""  # Succeeded without an outcome: nothing ran, nothing to keep
+
+    def _fresh_record(self, delivery: Delivery, now: float) -> dict[str, Any]:
+        """The whole record of this delivery as this worker sees it: each write replaces the
+        stored one, so the worker never reads the store back (one round trip per write)."""
+        assert delivery.envelope is not None
+        return {
+            "task": delivery.envelope.task, "queue": delivery.queue, "attempts": delivery.attempt,
+            "worker": self.worker, "received_at": now - max(0.0, time.monotonic() - delivery.received_at),
+            "updated_at": now, "ignore_result": bool(delivery.task and delivery.task.options.ignore_result),
+            "message": delivery.body,
+        }
 
     def _write(self, task_id: str, fields: dict[str, Any], entry: TimelineEntry) -> str | None:
         """Write, retrying with backoff; None once written, else what failed (the last attempt's error)."""
@@ -169,12 +182,13 @@ class StateRecorder(Middleware):
 
     def _progress(self, running: context.TaskContext, fraction: float | None, meta: dict[str, Any]) -> None:
         """From the task's thread: one attempt, no retry (context.progress logs a failure)."""
-        if running.id != self._running:
-            return  # another app's task, run by another in-process worker
-        fields: dict[str, Any] = {"meta": meta, "updated_at": self._clock()}
-        if fraction is not None:
-            fields["progress"] = fraction
-        self.store().write(running.id, fields)
+        with self._lock:  # the record, and the order of its writes, against before_settle
+            if self._record is None or running.id != self._running:
+                return  # not ours: another app's task, run by another in-process worker
+            self._record.update(meta=meta, updated_at=self._clock())
+            if fraction is not None:
+                self._record["progress"] = fraction
+            self.store().write(running.id, self._record)
 
 
 def failure_detail(reply: Reply | None) -> str:

@@ -28,11 +28,10 @@ class MemoryStore(StateStore):
         with self._lock:
             now = self._clock()
             old = self._records.get(task_id)
-            kept, timeline = ({}, []) if old is None or old[2] <= now else (old[0], old[1])
-            kept = {**kept, **fields}
+            timeline = [] if old is None or old[2] <= now else old[1]
             if entry is not None:
                 timeline = [*timeline, dict(entry)][-settings.TIMELINE_LIMIT:]
-            self._records[task_id] = (kept, timeline, now + self.retention)
+            self._records[task_id] = (dict(fields), timeline, now + self.retention)
 
     def read(self, task_id: str) -> TaskRecord | None:
         with self._lock:

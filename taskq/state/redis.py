@@ -1,10 +1,10 @@
 """The state store in Redis (redis-py, ``pip install 'taskq-rabbitmq[redis]'``): for workers and
 callers on many machines.
 
-Per task a hash ``<prefix><id>`` (one msgpack value per field, so a write sets only the
-fields it names) and a list ``<prefix><id>:timeline``. A write is one round trip, one Lua
-script (HSET, RPUSH, LTRIM and both EXPIREs), atomic as scripts are, so a reader never
-sees the state without its timeline entry; Redis itself drops a record after its retention.
+Per task a string ``<prefix><id>`` (the record, msgpack) and a list ``<prefix><id>:timeline``.
+A write is one round trip, one Lua script (SET, RPUSH, LTRIM, EXPIRE), atomic as scripts
+are, so a reader never sees the state without its timeline entry; Redis itself drops a
+record after its retention.
 """
 
 from __future__ import annotations
@@ -28,15 +28,12 @@ from taskq.state.store import StateStore
 DEFAULT_PREFIX = "taskq:task:"
 
 
-#: KEYS: the record's hash, its timeline list. ARGV: seconds to keep, timeline entries to keep,
-#: the timeline entry ('' for none), then field, value, field, value, ...
+#: KEYS: the record, its timeline. ARGV: seconds to keep, timeline entries to keep, the record
+#: (msgpack), the timeline entry (msgpack; '' for none).
 WRITE_SCRIPT = """
-if #ARGV > 3 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' then
-  redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
@@ -62,10 +59,8 @@ class RedisStore(StateStore):
 
     def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
         key = self.prefix + task_id
-        arguments: list[Any] = [max(1, int(self.retention)), settings.TIMELINE_LIMIT,
-                                pack(dict(entry)) if entry is not None else b""]
-        for name, value in fields.items():
-            arguments += (name, pack(value))
+        arguments = [max(1, int(self.retention)), settings.TIMELINE_LIMIT, pack(dict(fields)),
+                     pack(dict(entry)) if entry is not None else b""]
         try:
             self._write_script()(keys=[key, key + ":timeline"], args=arguments)
         except redis.RedisError as exc:
@@ -75,16 +70,18 @@ class RedisStore(StateStore):
         key = self.prefix + task_id
         try:
             pipe = self._redis().pipeline(transaction=True)
-            pipe.hgetall(key)
+            pipe.get(key)
             pipe.lrange(key + ":timeline", 0, -1)
             found, entries = pipe.execute()
         except redis.RedisError as exc:
             raise self._error("read", exc) from exc
-        if not found:
+        if found is None:
             return None
         try:
-            fields = {name.decode(): unpack(value) for name, value in found.items()}
+            fields = unpack(found)
             timeline = [unpack(entry) for entry in entries]
+            if not isinstance(fields, dict):
+                raise ValueError("not a map")
         except Exception as exc:  # not written by taskq: say so rather than guess
             raise StateStoreError(f"state store at {self.masked_url}: the key {key!r} is not a taskq record "
                                   f"({type(exc).__name__}: {exc})") from exc
@@ -97,9 +94,9 @@ class RedisStore(StateStore):
             self._client = None
 
     def _write_script(self) -> Any:
-        """The write as one server-side script: one command and one reply per write. As a MULTI of
-        HSET, EXPIRE, RPUSH, LTRIM, EXPIRE it was seven replies for redis-py to parse, which cost a
-        worker child most of its time per task (docs/benchmarks.md, "The state store")."""
+        """The write as one server-side script: one command and one reply. As a MULTI of HSET,
+        EXPIRE, RPUSH, LTRIM, EXPIRE it was seven replies for redis-py to parse, and one argument
+        per field: most of a worker child's time per task (docs/benchmarks.md, "The state store")."""
         client = self._redis()
         if self._script is None or self._script_client is not client:
             self._script = client.register_script(WRITE_SCRIPT)  # EVALSHA, loading it if Redis lacks it

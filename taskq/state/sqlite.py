@@ -64,18 +64,14 @@ class SQLiteStore(StateStore):
         with self._lock:
             db = self._connection()
             try:
-                with db:  # one transaction: the merge reads and writes under the write lock
+                with db:  # one transaction: the record and its timeline entry, or neither
                     db.execute("BEGIN IMMEDIATE")
-                    row = db.execute("SELECT fields, expires_at FROM taskq_state WHERE task_id = ?",
-                                     (task_id,)).fetchone()
-                    kept: dict[str, Any] = {}
-                    if row is not None and row[1] > now:
-                        kept = self._decoded(row[0])
-                    elif row is not None:  # expired but not swept: start afresh
-                        db.execute("DELETE FROM taskq_timeline WHERE task_id = ?", (task_id,))
-                    kept.update(fields)
+                    # A record expired but not swept yet starts afresh, its old timeline with it.
+                    db.execute("DELETE FROM taskq_timeline WHERE task_id = ? AND task_id IN "
+                               "(SELECT task_id FROM taskq_state WHERE task_id = ? AND expires_at <= ?)",
+                               (task_id, task_id, now))
                     db.execute("INSERT OR REPLACE INTO taskq_state (task_id, fields, expires_at) VALUES (?, ?, ?)",
-                               (task_id, pack(kept), now + self.retention))
+                               (task_id, pack(dict(fields)), now + self.retention))
                     if entry is not None:
                         db.execute("INSERT INTO taskq_timeline (task_id, entry) VALUES (?, ?)", (task_id, pack(dict(entry))))
                         db.execute(

@@ -1,7 +1,8 @@
 """The one small interface every state-store backend implements, and choosing one by URL.
 
-Three calls: ``write`` merges fields into a task's record and adds a timeline entry,
-``read`` gets the record back, ``close`` lets go of connections. Anything the store can't
+Three calls: ``write`` replaces a task's record and adds a timeline entry, ``read`` gets
+the record back, ``close`` lets go of connections. A write names the whole record (the
+worker holds it while the task runs), so no backend reads before it writes: one round trip. Anything the store can't
 do raises :class:`taskq.errors.StateStoreError` with one line saying which store and what
 failed, so neither the worker nor a caller ever catches a backend's own exceptions.
 """
@@ -32,7 +33,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
-        """Merge ``fields`` into the task's record, append ``entry`` to its timeline, restart its retention."""
+        """Make ``fields`` the task's record, append ``entry`` to its timeline (kept), restart its retention."""
 
     @abstractmethod
     def read(self, task_id: str) -> TaskRecord | None:

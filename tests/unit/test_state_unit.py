@@ -105,15 +105,16 @@ def test_a_record_written_by_a_newer_taskq_reads_without_crashing():
     assert record.state is TaskState.PENDING and record.meta == {} and len(record.timeline) == 1
 
 
-def test_writes_merge_fields_append_to_the_timeline_and_restart_the_retention():
+def test_writes_replace_the_record_append_to_the_timeline_and_restart_the_retention():
     clock = Clock()
     store = MemoryStore(retention=10.0, clock=clock)
-    store.write("a", {"state": "STARTED", "task": "t"}, {"state": "STARTED", "at": 1.0})
+    store.write("a", {"state": "STARTED", "task": "t", "progress": 0.5}, {"state": "STARTED", "at": 1.0})
     clock.now += 9
-    store.write("a", {"state": "SUCCEEDED"}, {"state": "SUCCEEDED", "at": 2.0})
+    store.write("a", {"state": "SUCCEEDED", "task": "t"}, {"state": "SUCCEEDED", "at": 2.0})
     clock.now += 9  # 18 s after the first write, 9 after the last: still kept
     record = store.read("a")
     assert record is not None and record.state is TaskState.SUCCEEDED and record.task == "t"
+    assert record.progress is None  # the worker names the whole record each time
     assert [entry.state for entry in record.timeline] == [TaskState.STARTED, TaskState.SUCCEEDED]
     clock.now += 1.5
     assert store.read("a") is None
@@ -216,6 +217,21 @@ def test_each_decision_without_a_run_has_its_state(decision, state):
     assert middleware.before_settle(delivery(), decision) is None
     record = store.read("id-1")
     assert record is not None and record.state is state
+    assert record.task == plain.name and record.arguments() == ([1, 2], {"size": "xl"})  # never ran: still named
+
+
+def test_the_outcome_keeps_what_the_run_recorded_and_progress_of_another_task_is_ignored():
+    store = MemoryStore()
+    middleware = recorder(store)
+    d = delivery()
+    middleware.before_run(d)
+    middleware._progress(TaskContext(d.envelope, "orders"), 0.7, {"step": "upload"})
+    middleware._progress(TaskContext(TaskMessage(id="other", task="t"), "orders"), 0.1, {})
+    d.outcome = succeeded("done")
+    middleware.before_settle(d, Succeeded())
+    record = store.read("id-1")
+    assert record is not None and record.state is TaskState.SUCCEEDED and record.progress == 0.7
+    assert record.meta == {"step": "upload"} and record.started_at is not None and store.read("other") is None
 
 
 def test_a_redelivered_message_goes_back_to_started_and_says_so():
