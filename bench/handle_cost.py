@@ -25,9 +25,9 @@ from typing import Any
 from taskq import App, topology
 from taskq.logs import configure_logging
 from taskq.message import CONTENT_TYPE, TaskMessage
-from taskq.middleware.base import WorkerInfo
 from taskq.middleware.delivery import Delivery
 from taskq.middleware.lifecycle_events import LifecycleEvents
+from taskq.middleware.pipeline import WorkerInfo
 from taskq.worker.child import ChildWorker
 from taskq.worker.settle import Settler
 from taskq.worker.setup import WorkerSetup

@@ -14,9 +14,8 @@ from taskq.broker import Broker, Outgoing, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
-from taskq.middleware.options import task_settings
 from taskq.middleware.app_hooks import AppHooks
-from taskq.middleware.pipeline import failed
+from taskq.middleware.pipeline import failed, task_settings
 from taskq.middleware.state_store import StateRecorder
 from taskq.results import AsyncResult, ReplyListener
 from taskq.state import Results, StateStore, StoredResult

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from amqp.exceptions import AccessRefused, ChannelError, MessageNacked, NotAllowed
-from kombu import Connection, Queue
+from kombu import Connection
+from kombu.abstract import MaybeChannelBound
 from kombu.common import maybe_declare
+from kombu.connection import ConnectionPool
 from kombu.exceptions import LimitExceeded, OperationalError
 from kombu.utils.url import parse_url
 
@@ -203,7 +205,7 @@ class Broker:
         self.url = url
         self.retry = retry or RetryPolicy()
         self._pool_size = pool_size
-        self._pool = None
+        self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         try:
             probe = Connection(url)
@@ -247,7 +249,7 @@ class Broker:
             transport_options=options,
         )
 
-    def _connection_pool(self):
+    def _connection_pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None:
                 self._pool = self.connect(bounded=True).Pool(limit=self._pool_size)
@@ -260,7 +262,7 @@ class Broker:
         routing_key: str,
         exchange: str = "",
         headers: dict[str, Any] | None = None,
-        declare: Iterable[Queue] = (),
+        declare: Iterable[MaybeChannelBound] = (),
         persistent: bool = True,
         budget: Budget | None = None,
         **properties: Any,
@@ -301,14 +303,14 @@ class Broker:
                             f"no queue is bound to exchange {exchange!r} for routing key {routing_key!r}; "
                             "the message was returned, not queued"
                         ) from None
-                    except (MessageNacked, *self.connection_errors):
+                    except (MessageNacked,) + self.connection_errors:
                         # Drop the broken connection; the pool reconnects it on next use.
                         connection.collect()
                         raise
-            except (MessageNacked, LimitExceeded, *self.connection_errors) as exc:
+            except (MessageNacked, LimitExceeded) + self.connection_errors as exc:
                 budget.retry_or_raise(exc, f"broker at {self.masked_url} did not confirm the publish to {routing_key!r}")
 
-    def publish_many(self, messages: Sequence[Outgoing], *, declare: Iterable[Queue] = ()) -> None:
+    def publish_many(self, messages: Sequence[Outgoing], *, declare: Iterable[MaybeChannelBound] = ()) -> None:
         """Publish a burst with pipelined publisher confirms: send them all, then collect the acks.
 
         Waiting for each confirm costs a round trip per message; here the broker acks many
@@ -336,7 +338,7 @@ class Broker:
             )
 
     def _publish_pipelined(
-        self, messages: Sequence[Outgoing], indexes: list[int], declare: list[Queue]
+        self, messages: Sequence[Outgoing], indexes: list[int], declare: list[MaybeChannelBound]
     ) -> tuple[list[int], BaseException | None]:
         """Send ``messages[i]`` for each index on one fresh channel.
 
@@ -400,7 +402,7 @@ def publish_on(
     routing_key: str,
     exchange: str = "",
     headers: dict[str, Any] | None = None,
-    declare: Iterable[Queue] = (),
+    declare: Iterable[MaybeChannelBound] = (),
     persistent: bool = True,
     confirm_timeout: float | None = 10.0,
     channel: Any = None,

@@ -144,7 +144,7 @@ def replay(broker: Broker, queue_name: str, task_id: str | None = None) -> list[
     Each copy starts afresh: reason headers removed and ``attempts`` back to 0, so the
     task gets its full retry budget again.
     """
-    replayed = []
+    replayed: list[DeadLetter] = []
     with _connected(broker) as connection, _dead_channel(connection, queue_name) as (channel, count):
         for message in _take(channel, queue_name, count):
             letter = DeadLetter.from_message(message, queue_name)

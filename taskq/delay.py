@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from typing import Any
 
 from kombu import Exchange, Queue
 from kombu.abstract import MaybeChannelBound
@@ -36,7 +37,7 @@ from kombu.abstract import MaybeChannelBound
 from taskq import settings
 
 LEVELS = 32  # bits of milliseconds: up to 2**32 - 1 ms, about 49.7 days per trip
-MAX_DELAY_MS = 2**LEVELS - 1
+MAX_DELAY_MS: int = 2**LEVELS - 1  # annotated: typeshed types int ** int as Any (a negative power is a float)
 EARLY_TOLERANCE = settings.ETA_EARLY_TOLERANCE
 
 
@@ -113,7 +114,7 @@ def entry_exchange_name(queue_type: str = "classic") -> str:
     return level_name(LEVELS - 1, queue_type)
 
 
-def route(queue_name: str, eta: float | None, queue_type: str = "classic", now: float | None = None) -> tuple[str, str, list]:
+def route(queue_name: str, eta: float | None, queue_type: str = "classic", now: float | None = None) -> tuple[str, str, list[DelayTopology]]:
     """Where to publish a message for ``queue_name`` that may run at ``eta``.
 
     Returns (exchange, routing key, entities to declare first): the queue itself on the
@@ -135,7 +136,9 @@ class DelayTopology(MaybeChannelBound):
 
     can_cache_declaration = True
 
-    def __init__(self, queue_type: str = "classic", channel=None) -> None:
+    # channel: a py-amqp Channel, or kombu's virtual one on the embedded broker; the two share
+    # no base class, and kombu's entities take either untyped, so it is Any here too.
+    def __init__(self, queue_type: str = "classic", channel: Any = None) -> None:
         super().__init__()
         self.queue_type = queue_type
         self.name = prefix(queue_type)  # kombu's maybe_declare copies ``name`` back to the original
@@ -150,16 +153,16 @@ class DelayTopology(MaybeChannelBound):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DelayTopology) and other.queue_type == self.queue_type
 
-    def queue_arguments(self, level: int) -> dict:
+    def queue_arguments(self, level: int) -> dict[str, int | str]:
         next_exchange = level_name(level - 1, self.queue_type) if level else delivery_exchange_name(self.queue_type)
-        arguments = {"x-message-ttl": 2**level, "x-dead-letter-exchange": next_exchange}
+        arguments: dict[str, int | str] = {"x-message-ttl": 2**level, "x-dead-letter-exchange": next_exchange}
         if self.queue_type == "quorum":
             arguments.update(
                 {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
             )
         return arguments
 
-    def declare(self, nowait: bool = False, channel=None) -> None:
+    def declare(self, nowait: bool = False, channel: Any = None) -> None:
         channel = channel or self.channel
         delivery_exchange(self.queue_type).declare(channel=channel)
         # Lowest level first, so each queue's dead-letter target already exists.

@@ -63,8 +63,8 @@ def where_it_failed(exc: BaseException) -> str:
     else:
         files = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<")]
         users = [frame for frame in files if not os.path.abspath(frame.filename).startswith(LIBRARY_FOLDERS)]
-        frame = (users or files or [None])[-1]
-        location = f"{shown_path(frame.filename)}:{frame.lineno}: " if frame else ""
+        deepest = users or files
+        location = f"{shown_path(deepest[-1].filename)}:{deepest[-1].lineno}: " if deepest else ""
         message = str(exc)
     message = " ".join(message.split())
     return f"{location}{type(exc).__name__}{': ' + message if message else ''}"

@@ -7,6 +7,7 @@ import os
 import sys
 
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -45,12 +46,15 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr, force=True)
 
 
-def add_pid(logger: object, method_name: str, event_dict: dict) -> dict:
+def add_pid(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Every line names its process: the supervisor's own lines and a child's lines outside any task too."""
     event_dict.setdefault("pid", os.getpid())
     return event_dict
 
 
-def get_logger(**initial_values: object) -> structlog.typing.FilteringBoundLogger:
+def get_logger(**initial_values: object) -> FilteringBoundLogger:
     """A structlog logger; inside a task it already carries the task's context."""
-    return structlog.get_logger(**initial_values)
+    # structlog.get_logger is typed Any: what it returns is whatever configure() chose,
+    # which configure_logging makes a filtering bound logger.
+    logger: FilteringBoundLogger = structlog.get_logger(**initial_values)
+    return logger

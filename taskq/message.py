@@ -29,7 +29,8 @@ MAX_ID_BYTES = 255
 def pack(value: Any) -> bytes:
     """msgpack-encode, turning msgpack's own errors into an EncodeError the caller understands."""
     try:
-        return msgpack.packb(value, use_bin_type=True, datetime=False)
+        packed: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"cannot encode as msgpack: {exc}") from exc
 
@@ -57,8 +58,8 @@ class TaskMessage:
 
     id: str
     task: str
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
     reply_to: str | None = None
     expires_at: float | None = None  # wall-clock epoch seconds; None never expires
     attempts: int = 0  # how many times this task already ran and failed
@@ -80,7 +81,7 @@ class TaskMessage:
 
 
 def decode_task(
-    body: bytes, content_type: str | None, headers: Any, properties: dict | None
+    body: bytes, content_type: str | None, headers: Any, properties: dict[str, Any] | None
 ) -> TaskMessage:
     """Check and decode a received task message; raise InvalidMessage with a reason code.
 
@@ -127,7 +128,7 @@ def decode_task(
     )
 
 
-def task_id(headers: dict, properties: dict) -> str:
+def task_id(headers: dict[str, Any], properties: dict[str, Any]) -> str:
     """The ``id`` header, else the ``message_id`` or ``correlation_id`` property (other producers')."""
     value = headers.get("id") or properties.get("message_id") or properties.get("correlation_id")
     if value is None or value == "":
@@ -143,7 +144,7 @@ def task_id(headers: dict, properties: dict) -> str:
     return value
 
 
-def attempt_count(headers: dict) -> int:
+def attempt_count(headers: dict[str, Any]) -> int:
     value = headers.get("attempts", 0)
     if value is None:
         return 0
@@ -155,7 +156,7 @@ def attempt_count(headers: dict) -> int:
     return value
 
 
-def epoch_seconds(headers: dict, key: str) -> float | None:
+def epoch_seconds(headers: dict[str, Any], key: str) -> float | None:
     """An optional time header (``eta``, ``expires_at``): a finite number, or absent."""
     value = headers.get(key)
     if value is None:

@@ -20,6 +20,7 @@ other on a local broker, so the simpler, thread-friendly design wins.
 
 from __future__ import annotations
 
+import enum
 import socket
 import threading
 import time
@@ -37,7 +38,13 @@ if TYPE_CHECKING:
 
     from taskq.broker import Broker, Budget
 
-_LOST = object()  # stored instead of a Reply when the reply connection broke
+class _Lost(enum.Enum):
+    """Stored instead of a Reply when the reply connection broke (an enum: one typed sentinel)."""
+
+    LOST = "lost"
+
+
+_LOST = _Lost.LOST
 READ_SLICE = 1.0  # seconds a reader blocks at most before it looks at its deadline and heartbeats
 KEEP_INTERVAL = 1.0  # seconds between the keeper's reads while nobody waits
 POLL = 0.0005  # seconds: a read that only collects what has already arrived
@@ -53,7 +60,7 @@ class ReplyListener:
         self._reader = threading.Lock()  # held by the one thread reading the reply connection
         self._setup = threading.Lock()  # serialises opening the connection
         self._expected: set[str] = set()
-        self._replies: dict[str, Any] = {}
+        self._replies: dict[str, Reply | _Lost] = {}
         self._connection: Connection | None = None
         self._queue_name: str | None = None
         self._stopped = threading.Event()
@@ -233,5 +240,7 @@ class AsyncResult(Generic[Result]):
             raise TaskqError(f"task {self.task_name} was sent with ignore_result: no result will come")
         reply = self._listener.wait(self.id, timeout)
         if reply.ok:
-            return reply.result
+            # The wire gives back whatever the task returned; Task's signature is what makes it a Result.
+            result: Result = reply.result
+            return result
         raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id)

@@ -105,7 +105,7 @@ class RabbitmqctlRun:
 
     command: list[str]  #: without ``-n NODE``
     nodes: list[str]  #: full names the node may carry, tried in turn
-    process: subprocess.Popen
+    process: subprocess.Popen[str]
 
 
 def start_rabbitmqctl(broker: Broker) -> RabbitmqctlRun | str:
@@ -130,7 +130,7 @@ def start_rabbitmqctl(broker: Broker) -> RabbitmqctlRun | str:
     return RabbitmqctlRun(command, nodes, _run_on(command, nodes[0]))
 
 
-def _run_on(command: list[str], node: str) -> subprocess.Popen:
+def _run_on(command: list[str], node: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*command, "-n", node], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -150,7 +150,7 @@ def finish_rabbitmqctl(run: RabbitmqctlRun, names: list[str]) -> list[QueueStats
     ]
 
 
-def _rows(process: subprocess.Popen) -> dict[str, dict] | None:
+def _rows(process: subprocess.Popen[str]) -> dict[str, dict[str, Any]] | None:
     try:
         out, _ = process.communicate(timeout=30)
         return {row["name"]: row for row in json.loads(out)} if process.returncode == 0 else None
@@ -165,7 +165,8 @@ def amqp_counts(app: App, names: list[str], workers: list[WorkerInfo]) -> list[Q
     for worker in workers:
         if worker.current:
             queue = worker.current.get("queue")
-            busy[queue] = busy.get(queue, 0) + 1
+            if isinstance(queue, str):  # a heartbeat is read off the wire
+                busy[queue] = busy.get(queue, 0) + 1
     stats = []
     with app.broker.connect() as connection:
         for name in names:

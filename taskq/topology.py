@@ -38,7 +38,7 @@ def task_queue(
     ``at-least-once``: the broker keeps the message until ``.dead`` has it.
     ``delayable=False`` (brokers without the delay cascade) leaves out its binding.
     """
-    arguments: dict = {
+    arguments: dict[str, int | str] = {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue_name(name),
     }

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
 from taskq.broker import Broker
 from taskq.cli.common import UserError, broker_option, load, optional_app_option, yes_option
-from taskq.dead import DeadLetter, NoSuchQueue, count_dead, list_dead, purge, replay
+from taskq.dead import DeadLetter, count_dead, list_dead, purge, replay
+from taskq.errors import NoSuchQueue
+
+#: -A as all three commands take it: only to find the broker. Bound once, with the type of a
+#: click option decorator, so the commands under it stay typed (click makes a new Option
+#: each time it is applied).
+app_for_its_broker: Callable[[Callable[..., None]], Callable[..., None]] = optional_app_option(
+    "Take the broker from this App (env TASKQ_APP); optional."
+)
 
 
 def broker_from_options(app_path: str | None, broker: str | None) -> Broker:
@@ -45,7 +53,7 @@ def dead() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Show at most this many.")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help="Under each task that failed, the traceback its worker recorded.")
-@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
+@app_for_its_broker
 @broker_option
 def list_command(queue: str, limit: int, show_traceback: bool, app_path: str | None, broker: str | None) -> None:
     """Show QUEUE.dead's messages, oldest first; the queue is left exactly as it was."""
@@ -64,7 +72,7 @@ def list_command(queue: str, limit: int, show_traceback: bool, app_path: str | N
 @click.argument("queue")
 @click.option("--id", "task_id", default=None, metavar="TASK_ID", help="Replay this task's message only.")
 @click.option("--all", "replay_all", is_flag=True, help="Replay every message.")
-@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
+@app_for_its_broker
 @broker_option
 def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: str | None, broker: str | None) -> None:
     """Send dead letters back to their original queue (confirmed, then removed from .dead)."""
@@ -81,7 +89,7 @@ def replay_command(queue: str, task_id: str | None, replay_all: bool, app_path: 
 
 @dead.command("purge")
 @click.argument("queue")
-@optional_app_option("Take the broker from this App (env TASKQ_APP); optional.")
+@app_for_its_broker
 @broker_option
 @yes_option
 def purge_command(queue: str, app_path: str | None, broker: str | None, yes: bool) -> None:

@@ -35,7 +35,8 @@ def served_names(host: str, bound_address: str, extra: Iterable[str] = ()) -> li
     if ipaddress.ip_address(bound_address).is_unspecified:
         names.update((socket.gethostname(), socket.getfqdn()))
         try:
-            names.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None))
+            addresses = [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+            names.update(address for address in addresses if isinstance(address, str))  # an int: no host
         except OSError:  # a host without a resolvable name: its addresses can still be allowed by name
             pass
     return sorted(host_header_name(name) for name in names if name)

@@ -30,9 +30,9 @@ from starlette.staticfiles import StaticFiles
 
 from taskq import settings
 from taskq.dashboard import guard
-from taskq.dashboard.feed import Action, Feed, UserActionError
+from taskq.dashboard.feed import Action, Feed
 from taskq.dashboard.state import LOG_LINES_KEPT, DashboardState
-from taskq.errors import TaskqError
+from taskq.errors import TaskqError, UserActionError
 from taskq.state.records import as_json, pending
 
 if TYPE_CHECKING:

@@ -68,7 +68,8 @@ class CrossSiteGuard:
         if given and self._matches(given[-1]) and scope["method"] in SAFE_METHODS:
             rest = urlencode([(key, value) for key, value in query if key != "token"])
             response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
-            response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            # given[-1] is the token itself: _matches just compared them.
+            response.set_cookie(TOKEN_COOKIE, given[-1], httponly=True, samesite="strict", path="/")
             return response
         return error(401, "this dashboard needs its token: open it once as /?token=TOKEN, "
                           "or send Authorization: Bearer TOKEN")

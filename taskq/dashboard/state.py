@@ -158,7 +158,8 @@ class DashboardState:
             for worker, _ in self._workers.values():
                 if worker.current:
                     name = worker.current.get("queue")
-                    busy[name] = busy.get(name, 0) + 1
+                    if isinstance(name, str):  # a heartbeat is read off the wire
+                        busy[name] = busy.get(name, 0) + 1
         return busy
 
     def logs_after(self, number: int, limit: int = 200) -> list[dict[str, Any]]:

@@ -163,7 +163,7 @@ _CODES_BY_MESSAGE = {
 
 
 def _error_code(exc: sqlite3.Error) -> int:
-    code = getattr(exc, "sqlite_errorcode", None)
+    code: int | None = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
     if code is not None:
         return code & 0xFF
     text = str(exc).lower()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from taskq.embedded.routing import expires_at, targets_sql
 
@@ -63,7 +63,7 @@ def move_due(db: sqlite3.Connection, now: float) -> Moved:
     if not rows:
         return Moved(set(), None, False)
     db.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(rows))})", [row[0] for row in rows])
-    settings: dict[str, tuple | None] = {}
+    settings: dict[str, tuple[str | None, str | None] | None] = {}  # (exchange, routing key)
     exchange_types: dict[str, str | None] = {"": ""}
     reached: set[str] = set()
     soonest: float | None = None
@@ -73,9 +73,9 @@ def move_due(db: sqlite3.Connection, now: float) -> Moved:
                 "SELECT dead_letter_exchange, dead_letter_routing_key FROM queues WHERE name = ?", (queue,)
             ).fetchone()
         setting = settings[queue]
-        if setting is None or setting[0] is None:
+        exchange, routing_key = setting if setting is not None else (None, None)
+        if exchange is None:
             continue  # no dead-letter exchange: dropped, as RabbitMQ drops it
-        exchange, routing_key = setting
         if exchange not in exchange_types:
             row = db.execute("SELECT type FROM exchanges WHERE name = ?", (exchange,)).fetchone()
             exchange_types[exchange] = row[0] if row else None
@@ -97,7 +97,7 @@ def move_due(db: sqlite3.Connection, now: float) -> Moved:
 
 def _republish(
     db: sqlite3.Connection,
-    message: dict,
+    message: dict[str, Any],
     queue: str,
     reason: str,
     exchange: str,
@@ -130,7 +130,7 @@ def _republish(
     return stored
 
 
-def record_death(message: dict, queue: str, reason: str, now: float) -> list[dict]:
+def record_death(message: dict[str, Any], queue: str, reason: str, now: float) -> list[dict[str, Any]]:
     """Add this death to the ``x-death`` header, as RabbitMQ does; return the list.
 
     One entry per (queue, reason), newest first; a repeat counts up and moves to the front.
@@ -169,7 +169,7 @@ def record_death(message: dict, queue: str, reason: str, now: float) -> list[dic
     return deaths
 
 
-def is_cycle(target: str, deaths: list[dict]) -> bool:
+def is_cycle(target: str, deaths: list[dict[str, Any]]) -> bool:
     """RabbitMQ's rule: the target is already in ``x-death`` and no death since (that one
     included) was a reject, so nothing but the broker keeps the message going round."""
     for entry in deaths:

@@ -8,6 +8,7 @@ run on a new file, a version-1 file, or one another process just upgraded.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 #: Stored as PRAGMA user_version; bump it when the tables change shape. CREATE ... IF NOT
 #: EXISTS adds missing tables and ``ADDED_COLUMNS`` the columns a version-1 file lacks.
@@ -190,7 +191,9 @@ def create_or_upgrade(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-def queue_settings(arguments: dict) -> tuple:
+def queue_settings(
+    arguments: dict[str, Any],
+) -> tuple[int | None, int | None, str | None, str | None, str | None, int | None]:
     """The columns ``ADDED_COLUMNS`` copies out of the queue arguments, in that order.
 
     x-queue-type, x-dead-letter-strategy and the like are stored but not acted on.

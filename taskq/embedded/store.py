@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from taskq import settings
 from taskq.embedded import brokerfile, deadletter
@@ -90,7 +90,7 @@ class StoredExchange(NamedTuple):
     type: str
     durable: bool
     auto_delete: bool
-    arguments: dict
+    arguments: dict[str, Any]
 
 
 _inherited_handles: list[sqlite3.Connection] = []
@@ -244,14 +244,14 @@ class BrokerStore:
 
         return self._run(in_transaction)
 
-    def _rows(self, sql: str, params: Iterable | dict = ()) -> list[tuple]:
+    def _rows(self, sql: str, params: Iterable[object] | dict[str, object] = ()) -> list[tuple[Any, ...]]:
         bound = params if isinstance(params, dict) else tuple(params)
         return self._run(lambda db: db.execute(sql, bound).fetchall())
 
     # -- exchanges and bindings ----------------------------------------------------------
 
     def declare_exchange(
-        self, name: str, type: str, durable: bool, auto_delete: bool, arguments: dict
+        self, name: str, type: str, durable: bool, auto_delete: bool, arguments: dict[str, Any]
     ) -> StoredExchange:
         """Create the exchange unless it exists; return what is stored, to compare."""
 
@@ -260,7 +260,9 @@ class BrokerStore:
                 "INSERT OR IGNORE INTO exchanges VALUES (?, ?, ?, ?, ?)",
                 (name, type, int(durable), int(auto_delete), json.dumps(arguments, sort_keys=True)),
             )
-            return self._exchange_row(db, name)
+            stored = self._exchange_row(db, name)
+            assert stored is not None, "inserted, or already there, in this same transaction"
+            return stored
 
         return self._write(declare)
 
@@ -330,7 +332,7 @@ class BrokerStore:
         durable: bool,
         auto_delete: bool,
         max_priority: int,
-        arguments: dict,
+        arguments: dict[str, Any],
         exclusive_to: tuple[ProcessIdentity, int] | None,
     ) -> tuple[ProcessIdentity, int] | None:
         """Create the queue unless it exists; return the exclusive owner that is stored."""
@@ -369,14 +371,16 @@ class BrokerStore:
     def ready_count(self, queue: str) -> int:
         """Expired or dead messages not yet moved are not counted: nobody can get them."""
         # Two index-only counts: filtering on expires_at in one would read every row.
-        return self._rows(
+        ready: int = self._rows(
             "SELECT (SELECT count(*) FROM messages WHERE queue = ? AND owner_pid IS NULL)"
             " - (SELECT count(*) FROM messages WHERE expires_at <= ? AND owner_pid IS NULL AND queue = ?)",
             (queue, deadletter.now(), queue),
         )[0][0]
+        return ready
 
     def consumer_count(self, queue: str) -> int:
-        return self._rows("SELECT count(*) FROM consumers WHERE queue = ?", (queue,))[0][0]
+        consumers: int = self._rows("SELECT count(*) FROM consumers WHERE queue = ?", (queue,))[0][0]
+        return consumers
 
     def purge(self, queue: str) -> int:
         """Drop the ready messages; like RabbitMQ, unacked ones stay with their consumer."""
@@ -416,7 +420,7 @@ class BrokerStore:
         }
         sql = publish_sql(exchange)
 
-        def insert(db: sqlite3.Connection) -> list[tuple]:
+        def insert(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
             self.refused.clear()  # again on each retry: the trigger may have run
             return db.execute(sql, params).fetchall()
 
@@ -472,7 +476,7 @@ class BrokerStore:
             return []
         marks = ",".join("?" * len(row_ids))
         sql = f"UPDATE messages SET {_RELEASE} WHERE id IN ({marks}) AND owner_pid = ? AND owner_start = ?"
-        params: tuple = (*row_ids, owner.pid, owner.start)
+        params: tuple[object, ...] = (*row_ids, owner.pid, owner.start)
         if channel_id is not None:
             sql, params = sql + " AND owner_channel = ?", params + (channel_id,)
         return sorted({queue for (queue,) in self._rows(sql + " RETURNING queue", params)})
@@ -508,7 +512,7 @@ class BrokerStore:
 
         def remove(db: sqlite3.Connection) -> None:
             sql = "DELETE FROM consumers WHERE pid = ? AND start = ? AND channel = ?"
-            params: tuple = (owner.pid, owner.start, channel_id)
+            params: tuple[object, ...] = (owner.pid, owner.start, channel_id)
             if tag is not None:
                 sql, params = sql + " AND tag = ?", params + (tag,)
             queues = {queue for (queue,) in db.execute(sql + " RETURNING queue", params).fetchall()}

@@ -31,6 +31,7 @@ from amqp import exceptions as amqp_errors
 from amqp.protocol import queue_declare_ok_t
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
+from kombu.utils.scheduling import FairCycle
 from kombu.utils.json import dumps, loads
 from kombu.utils.uuid import uuid
 
@@ -136,7 +137,7 @@ class ReservingQoS(virtual.QoS):
             self.channel.store_reject(delivery_tag)
         self._quick_ack(delivery_tag)
 
-    def restore_unacked(self) -> list:
+    def restore_unacked(self) -> list[tuple[BaseException, Any]]:  # kombu's (error, message) pairs
         self._flush()
         self._delivered.clear()
         self.channel.store_release_all()
@@ -153,7 +154,7 @@ class ReservingQoS(virtual.QoS):
         except Exception:  # at interpreter exit; the next reap returns them anyway
             log.exception("could not hand back unacked messages")
         finally:
-            self._delivered.restored = True
+            self._delivered.restored = True  # type: ignore[attr-defined]  # kombu's own flag on its OrderedDict
 
 
 class Channel(virtual.Channel):
@@ -182,7 +183,7 @@ class Channel(virtual.Channel):
         type: str = "direct",
         durable: bool = False,
         auto_delete: bool = False,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         nowait: bool = False,
         passive: bool = False,
     ) -> None:
@@ -212,7 +213,7 @@ class Channel(virtual.Channel):
         source: str = "",
         routing_key: str = "",
         nowait: bool = False,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         """Messages routed by ``source`` with a matching key go on to ``destination``."""
         for name in (source, destination):
@@ -226,7 +227,7 @@ class Channel(virtual.Channel):
         source: str = "",
         routing_key: str = "",
         nowait: bool = False,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         self.store.unbind_exchange(source, routing_key or "", destination)
 
@@ -235,7 +236,7 @@ class Channel(virtual.Channel):
         queue: str,
         exchange: str | None = None,
         routing_key: str = "",
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         exchange = exchange or "amq.direct"
@@ -250,7 +251,7 @@ class Channel(virtual.Channel):
         queue: str,
         exchange: str | None = None,
         routing_key: str = "",
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.store.unbind(exchange or "amq.direct", routing_key or "", queue)
@@ -270,8 +271,9 @@ class Channel(virtual.Channel):
 
     # -- queues --------------------------------------------------------------------------
 
-    def prepare_queue_arguments(self, arguments: dict, **kwargs: Any) -> dict:
-        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+    def prepare_queue_arguments(self, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        prepared: dict[str, Any] = to_rabbitmq_queue_arguments(arguments, **kwargs)
+        return prepared
 
     def queue_declare(
         self,
@@ -280,7 +282,7 @@ class Channel(virtual.Channel):
         durable: bool = False,
         exclusive: bool = False,
         auto_delete: bool = False,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         nowait: bool = False,
         **kwargs: Any,
     ) -> queue_declare_ok_t:
@@ -327,7 +329,7 @@ class Channel(virtual.Channel):
 
     # -- publishing ----------------------------------------------------------------------
 
-    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any) -> None:
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
         """A full ``x-overflow: reject-publish`` queue leaves the message out. As on RabbitMQ,
         that raises (MessageNacked) only on a connection with ``confirm_publish``, as taskq
         opens them; without confirms it is silent. Other queues keep their copy either way.
@@ -397,7 +399,7 @@ class Channel(virtual.Channel):
             self.qos.append(message, message.delivery_tag)
         return message
 
-    def _get(self, queue: str, timeout: float | None = None) -> dict:
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         delivery = self._take(queue, queue in self._no_ack_queues)
         if delivery is None:
             raise Empty()
@@ -408,7 +410,8 @@ class Channel(virtual.Channel):
             return self.store.remove_next(queue)
         return self.store.reserve_next(queue, self.owner, self.serial)
 
-    def _payload(self, delivery: Delivery, queue: str) -> dict:
+    def _payload(self, delivery: Delivery, queue: str) -> dict[str, Any]:
+        payload: dict[str, Any]
         try:
             payload = loads(delivery.payload)
             properties = payload["properties"]
@@ -456,7 +459,7 @@ class Channel(virtual.Channel):
             self.store.remove_consumers(self.owner, self.serial)
 
 
-def _unreadable_row(delivery: Delivery, queue: str) -> dict:
+def _unreadable_row(delivery: Delivery, queue: str) -> dict[str, Any]:
     """A stored message whose envelope no longer parses (bytes damaged in the file) is
     handed over as an undecodable body, so the consumer dead-letters it with a reason,
     as it would any malformed message, instead of the drain loop failing on it forever."""
@@ -485,6 +488,7 @@ def _expiration_ms(expiration: Any) -> int | None:
 
 class Transport(virtual.Transport):
     Channel = Channel
+    cycle: FairCycle  # kombu declares it None at class level; its __init__ always sets one
 
     driver_type = "sqlite"
     driver_name = "sqlite3"
@@ -492,8 +496,10 @@ class Transport(virtual.Transport):
     polling_interval = REAP_EVERY_SECONDS
     implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct", "topic", "fanout"]))
     #: So kombu's retry logic and taskq's reconnect loop treat an unusable file like a
-    #: broker that is down.
-    connection_errors = (*virtual.Transport.connection_errors, BrokerUnavailableError, BrokerBusyError)
+    #: broker that is down. (mypy infers kombu's as a one-class tuple from its value: the ignore.)
+    connection_errors = (  # type: ignore[assignment]
+        *virtual.Transport.connection_errors, BrokerUnavailableError, BrokerBusyError
+    )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
@@ -529,7 +535,8 @@ class Transport(virtual.Transport):
     def establish_connection(self) -> Transport:
         self.reap_dead_owners(force=True)
         self.bell  # noqa: B018 -- bind the socket before any consumer registers
-        return super().establish_connection()
+        established: Transport = super().establish_connection()  # kombu's returns self, untyped
+        return established
 
     def wake(self, queues: list[str]) -> None:
         if queues:
@@ -579,7 +586,8 @@ class Transport(virtual.Transport):
         if first is not None and due <= first:
             self.bell.ring(self.store.all_wake_addresses(), TIMER)
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    # Only timeout, as kombu's virtual Transport (untyped) narrows base Transport's **kwargs too.
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         deadline = None if timeout is None else time.monotonic() + timeout
         bell = self.bell
         self._draining_thread = threading.get_ident()
@@ -604,7 +612,7 @@ class Transport(virtual.Transport):
                 wait = min(wait, self._due_hint - deadletter.now())
             bell.wait(wait)
 
-    def _reject_inbound_message(self, raw_message: dict) -> None:
+    def _reject_inbound_message(self, raw_message: dict[str, Any]) -> None:
         """A message reached a queue whose callback is gone: hand it back at once."""
         row_id = _row_id(raw_message["properties"]["delivery_tag"])
         self.wake(self.store.release([row_id], current_process(), None))

@@ -6,11 +6,10 @@ after=...)`` adds one. See docs/middleware.md.
 
 from __future__ import annotations
 
-from taskq.middleware.base import Middleware, WorkerInfo
-from taskq.middleware.decisions import DeadLetter, Decision, Redelay, Retry, Skip, Succeeded
-from taskq.middleware.delivery import Delivery, Outcome
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Outcome, Redelay, Retry, Skip, Succeeded
 from taskq.middleware.eta import EtaRedelay
 from taskq.middleware.expiry import Expiry
+from taskq.middleware.pipeline import Middleware, WorkerInfo
 from taskq.middleware.retries import Retries
 from taskq.middleware.time_limits import TimeLimits
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from taskq.middleware.base import Middleware, WorkerInfo
-from taskq.middleware.decisions import DeadLetter, Decision, Retry
-from taskq.middleware.delivery import Delivery
-from taskq.middleware.pipeline import call_each
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Retry
+from taskq.middleware.pipeline import Middleware, WorkerInfo, call_each
 
 #: The App's decorator names -> the middleware hook that calls their functions.
 APP_HOOKS = {

@@ -1,12 +1,18 @@
-"""What one message is while a worker handles it, and what its run came to: plain data
-the middleware hooks read, so no hook needs the connection, the channels or the App."""
+"""What one message is while a worker handles it (``Delivery``), what its run came to
+(``Outcome``), and what a hook may decide becomes of it (the decisions): plain data the
+middleware hooks read and return, so no hook needs the connection, the channels or the App.
+
+Hooks return a decision instead of publishing or acking themselves, so "publish with
+confirm, then ack" lives in one place (taskq/worker/settle.py) whatever a middleware does.
+Returning None from a decision hook means "no opinion: carry on" (for ``before_run``: run it).
+"""
 
 from __future__ import annotations
 
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from taskq.message import Reply, TaskMessage, message_body
 
@@ -58,6 +64,60 @@ class Delivery:
         if envelope is None or not envelope.reply_to:
             return False
         return not (self.task is not None and self.task.options.ignore_result)
+
+
+# -- decisions: what a hook may decide becomes of the message ------------------------------
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The run's result: reply (if a caller waits), then ack."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Ack and drop without running or replying (say, a revoked task)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Redelay:
+    """Send the message again unchanged, to arrive at its eta: one more trip through the delay cascade."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Send it again as the next attempt, ``countdown`` seconds from now (0 without the broker's delays)."""
+
+    countdown: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Park it in ``<queue>.dead`` with a reason; tell a waiting caller ``reply`` first, if given.
+
+    ``attempts`` and ``failure`` describe a run that failed; ``headers`` is filled in by the
+    settler (the dead letter's headers), for the ``on_settled`` hooks.
+    """
+
+    reason: str
+    detail: str
+    reply: Reply | None = None
+    attempts: int | None = None
+    failure: Reply | None = None
+    headers: dict[str, Any] | None = None
+
+
+Decision = Union[Succeeded, Skip, Redelay, Retry, DeadLetter]
+
+
+def dead_letter_failure(attempt: int, reason: str, final: Reply) -> DeadLetter:
+    """A run that failed for good: the caller gets ``final``, the dead letter says why."""
+    return DeadLetter(reason, f"{final.exc_type}: {final.exc_message}", reply=final, attempts=attempt, failure=final)
+
+
+# -- the replies a worker builds itself ------------------------------------------------------
 
 
 def exception_type_name(exc: BaseException) -> str:

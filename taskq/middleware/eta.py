@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from taskq import delay
-from taskq.middleware.base import Middleware, WorkerInfo
-from taskq.middleware.decisions import Redelay
-from taskq.middleware.delivery import Delivery
+from taskq.middleware.delivery import Delivery, Redelay
+from taskq.middleware.pipeline import Middleware, WorkerInfo
 
 
 class EtaRedelay(Middleware):

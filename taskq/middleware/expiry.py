@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from taskq.middleware.base import Middleware
-from taskq.middleware.decisions import DeadLetter
-from taskq.middleware.delivery import Delivery, dead_letter_reply
+from taskq.middleware.delivery import DeadLetter, Delivery, dead_letter_reply
+from taskq.middleware.pipeline import Middleware
 
 DETAIL = "arrived after its expiry time"
 

@@ -21,9 +21,8 @@ from taskq.events import (
     number_from_env,
     task_fields,
 )
-from taskq.middleware.base import Middleware, WorkerInfo
-from taskq.middleware.decisions import DeadLetter, Decision, Retry
-from taskq.middleware.delivery import Delivery
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Retry
+from taskq.middleware.pipeline import Middleware, WorkerInfo
 
 if TYPE_CHECKING:
     from kombu import Connection

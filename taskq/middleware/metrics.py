@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from taskq.middleware.base import Middleware
-from taskq.middleware.decisions import DeadLetter, Decision, Retry
-from taskq.middleware.delivery import Delivery
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Retry
+from taskq.middleware.pipeline import Middleware
 
 if TYPE_CHECKING:
     from kombu.connection import Connection

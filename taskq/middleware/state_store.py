@@ -26,9 +26,10 @@ from taskq import context
 from taskq.backoff import jittered_backoff
 from taskq.errors import EncodeError, StateStoreError
 from taskq.message import Reply
-from taskq.middleware.base import Middleware, WorkerInfo
-from taskq.middleware.decisions import DeadLetter, Decision, Redelay, Retry, Skip, Succeeded
-from taskq.middleware.delivery import Delivery, dead_letter_reply, failure
+from taskq.middleware.delivery import (
+    DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded, dead_letter_reply, failure,
+)
+from taskq.middleware.pipeline import Middleware, WorkerInfo
 import taskq.state.settings as settings
 from taskq.state.records import TaskState, TimelineEntry
 from taskq.state.store import StateStore

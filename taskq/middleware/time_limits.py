@@ -1,13 +1,14 @@
 """Time limits: the ``soft_time_limit`` and ``time_limit`` task options, and what a hard limit
-makes of the run. The enforcing (deadlines, watchdog, backstop) is the worker's: taskq/worker/limits.py."""
+makes of the run. The enforcing is the worker's: deadlines and the backstop in taskq/worker/limits.py,
+the watchdog in taskq/worker/running.py."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping
 
 from taskq.errors import TimeLimitExceeded
-from taskq.middleware.base import Middleware
 from taskq.middleware.delivery import Delivery, Outcome, failure
+from taskq.middleware.pipeline import Middleware
 
 
 class TimeLimits(Middleware):

@@ -36,9 +36,8 @@ except ModuleNotFoundError as missing:  # the tracing extra is not installed
 from taskq import __version__
 from taskq.copies import BROKER_HEADER_PREFIXES, DEAD_LETTER_HEADERS
 from taskq.message import TaskMessage
-from taskq.middleware.base import Middleware
-from taskq.middleware.decisions import DeadLetter, Decision, Redelay, Retry, Skip, Succeeded
-from taskq.middleware.delivery import Delivery
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded
+from taskq.middleware.pipeline import Middleware
 
 #: The headers taskq itself reads or writes (taskq/message.py, copies.py, app.publish): a
 #: propagator configured to write one of these is not allowed to (the task would break).

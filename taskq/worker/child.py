@@ -26,18 +26,17 @@ from taskq.backoff import reconnect_backoff
 from taskq.broker import REFUSALS, connection_problem
 from taskq.errors import BrokerError
 from taskq.message import InvalidMessage, decode_task
-from taskq.middleware.base import WorkerInfo
-from taskq.middleware.decisions import DeadLetter, Decision, Succeeded, dead_letter_failure
-from taskq.middleware.delivery import Delivery, dead_letter_reply
+from taskq.middleware.delivery import (
+    DeadLetter, Decision, Delivery, Succeeded, dead_letter_failure, dead_letter_reply,
+)
 from taskq.middleware.lifecycle_events import LifecycleEvents
-from taskq.middleware.pipeline import Pipeline
+from taskq.middleware.pipeline import Pipeline, WorkerInfo
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.worker import limits
 from taskq.worker.parent_death import die_with_parent
-from taskq.worker.running import TaskRunner
+from taskq.worker.running import TaskRunner, Watchdog
 from taskq.worker.settle import Settler, close_within
 from taskq.worker.setup import WorkerSetup
-from taskq.worker.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from taskq.app import App

@@ -7,10 +7,11 @@ the exception and clean up. CPython delivers it at the next bytecode boundary, s
 task blocked in one long C call (``time.sleep(600)``, a socket read) sees it only when
 that call returns: the hard limit is the guarantee, the soft limit a courtesy.
 
-Hard limit: the main thread, which never runs task code, notices the deadline, settles
-the message (failure reply, retry or dead letter) and acks it, then ends the process
+Hard limit: the thread holding the connection while the task runs (a forked child's
+watchdog, running.py; an in-process worker's main thread) notices the deadline, settles
+the message (failure reply, retry or dead letter) and acks it, then a forked child ends
 with ``os._exit``: a thread can't be killed, a process can, and the supervisor starts a
-fresh child. If the task thread holds the GIL in a C loop the main thread can't run at
+fresh child. If the task thread holds the GIL in a C loop that thread can't run at
 all, so a kernel timer (SIGALRM left at its default action, which terminates the
 process without needing the GIL) fires a few seconds later as a backstop; the message
 was not acked then and is redelivered, and a quorum queue's delivery limit ends it.
@@ -85,7 +86,7 @@ class TaskThreadGuard:
                 return False
             self.fired = True
             count = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(exc_type))
-            return count == 1
+            return bool(count == 1)
 
 
 class TaskThreads:
@@ -101,11 +102,11 @@ class TaskThreads:
 
     def __init__(self, name: str = "taskq-task") -> None:
         self._name = name
-        self._work: queue.SimpleQueue | None = None
+        self._work: queue.SimpleQueue[Any] | None = None
         self._current: threading.Thread | None = None
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
         if self._work is None:
             self._work = queue.SimpleQueue()
             self._current = threading.Thread(target=_serve_tasks, args=(self._work,), name=self._name, daemon=True)
@@ -133,7 +134,7 @@ class TaskThreads:
         self._current = None
 
 
-def _serve_tasks(work: queue.SimpleQueue) -> None:
+def _serve_tasks(work: queue.SimpleQueue[Any]) -> None:
     while True:
         item = work.get()
         if item is None:

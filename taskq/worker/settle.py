@@ -20,8 +20,7 @@ from kombu.common import maybe_declare
 from taskq import copies, delay, topology
 from taskq.broker import publish_on, publish_unconfirmed
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
-from taskq.middleware.decisions import DeadLetter, Decision, Redelay, Retry, Skip, Succeeded
-from taskq.middleware.delivery import Delivery
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded
 from taskq.middleware.pipeline import Pipeline
 
 log = structlog.get_logger("taskq.worker")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from taskq.broker import Broker
-from taskq.middleware.base import Middleware
+from taskq.middleware.pipeline import Middleware
 
 if TYPE_CHECKING:
     from taskq.app import App

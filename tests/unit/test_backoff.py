@@ -6,7 +6,7 @@ import random
 
 from taskq.backoff import jittered_backoff, reconnect_backoff
 from taskq.broker import RetryPolicy
-from taskq.retry import RetryRules, backoff
+from taskq.middleware.retries import RetryRules, backoff
 from tests.support import ROOT
 
 # child.py's reconnect loop is being rewritten beside this; it moves to reconnect_backoff then.

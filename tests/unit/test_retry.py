@@ -7,8 +7,7 @@ import random
 import pytest
 
 from taskq import App, ConfigurationError, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
-from taskq.middleware.retries import rules_from
-from taskq.retry import EXPLICIT_RETRY_LIMIT, RetryRules, backoff, decide
+from taskq.middleware.retries import EXPLICIT_RETRY_LIMIT, RetryRules, backoff, decide, rules_from
 
 
 def test_backoff_doubles_then_caps_without_jitter():

@@ -16,7 +16,7 @@ from taskq.context import TaskContext
 from taskq.errors import OutsideTask
 from taskq.message import Reply, TaskMessage, pack
 from taskq.middleware import DeadLetter, Delivery, Outcome, Redelay, Retry, Skip, Succeeded, WorkerInfo
-from taskq.middleware.decisions import dead_letter_failure
+from taskq.middleware.delivery import dead_letter_failure
 from taskq.middleware.delivery import failure
 from taskq.middleware.state_store import StateRecorder
 from taskq.state import StateStore, StoredResult, TaskRecord, open_store

@@ -27,8 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from taskq import App, TaskError
 from taskq.message import Reply, TaskMessage
 from taskq.middleware import DeadLetter, Delivery, Expiry, Outcome, Retry, Succeeded, default_middleware
-from taskq.middleware.decisions import dead_letter_failure
-from taskq.middleware.delivery import failure
+from taskq.middleware.delivery import dead_letter_failure, failure
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.middleware.tracing import MAX_PROPAGATION_HEADER, OWN_HEADERS, Tracing
 
