@@ -2,11 +2,11 @@
 
 ``App(results=URL)`` adds this middleware. Two writes per run: STARTED in ``before_run``
 (so a message whose state can't be recorded is not run), and the outcome (SUCCEEDED,
-RETRYING, FAILED, ...) in ``before_settle``, which runs before the settler publishes and
-acks. So the store never says SUCCEEDED for a message the broker still holds unacked,
-except in the window between that write and the ack: a worker killed there leaves
-SUCCEEDED and a redelivery, and the next worker's STARTED write moves the state back,
-honestly, before the task runs again (docs/guarantees.md).
+RETRYING, FAILED, ...) in ``before_settle``, which runs before the settler replies,
+publishes and acks. So SUCCEEDED is written only once a run returned, and a caller whose
+RPC ``get()`` returned finds it in the store. The one window: a worker killed between
+that write and the ack leaves SUCCEEDED and a redelivery; the next worker's STARTED write
+moves the state back, honestly, before the task runs again (docs/guarantees.md).
 
 A write the store refuses is retried with backoff (``taskq.backoff``); when the attempts
 run out the message is dead-lettered with reason ``state-store-unavailable`` instead of
