@@ -388,3 +388,16 @@ def test_progress_is_carried_in_the_lifecycle_events():
     assert len(progress) == 1
     assert progress[0]["task_id"] == "t-1" and progress[0]["progress"] == 0.25
     assert progress[0]["meta"] == {"step": "upload"} and progress[0]["task"] == "shop.resize"
+
+
+def test_the_testing_docs_state_example_runs_as_written():
+    from tests.support import ROOT
+
+    text = (ROOT / "docs" / "testing.md").read_text()
+    section = text.split("## Task state in tests", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    reset_memory_broker()
+    try:
+        exec(compile(code, "docs/testing.md", "exec"), {"__name__": "testing_doc_example"})
+    finally:
+        reset_memory_broker()
