@@ -86,6 +86,8 @@ class SQLiteStore(StateStore):
 
     def read(self, task_id: str) -> TaskRecord | None:
         with self._lock:
+            if (self._db is None or self._pid != os.getpid()) and not os.path.exists(self.path):
+                return None  # no worker wrote yet: a reader makes no file (nor a typo's folder)
             db = self._connection()
             try:
                 row = db.execute("SELECT fields, expires_at FROM taskq_state WHERE task_id = ?", (task_id,)).fetchone()

@@ -259,6 +259,12 @@ def test_a_damaged_sqlite_file_is_one_clear_error(tmp_path):
     assert damaged.read_bytes().startswith(b"this is not a database")  # left as it was
 
 
+def test_reading_a_store_no_worker_made_yet_creates_nothing(tmp_path):
+    missing = tmp_path / "not" / "yet" / "results.db"
+    assert read(f"sqlite://{missing}", "any-id").state is TaskState.PENDING
+    assert not (tmp_path / "not").exists()
+
+
 def test_a_foreign_sqlite_database_is_refused_not_written_into(tmp_path):
     import sqlite3
 
