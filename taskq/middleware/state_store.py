@@ -30,7 +30,7 @@ from taskq.middleware.delivery import (
     DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded, dead_letter_reply, failure,
 )
 from taskq.middleware.pipeline import Middleware, WorkerInfo
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskState, TimelineEntry
 from taskq.state.store import StateStore
 
@@ -43,8 +43,8 @@ STATE_STORE_UNAVAILABLE = "state-store-unavailable"
 class StateRecorder(Middleware):
     """Writes each task's state to the store ``store()`` opens (in the worker child, once)."""
 
-    def __init__(self, store: Callable[[], StateStore], *, write_attempts: int = settings.WRITE_ATTEMPTS,
-                 backoff_first: float = settings.WRITE_BACKOFF_FIRST, backoff_max: float = settings.WRITE_BACKOFF_MAX,
+    def __init__(self, store: Callable[[], StateStore], *, write_attempts: int = settings.STATE_WRITE_ATTEMPTS,
+                 backoff_first: float = settings.STATE_WRITE_BACKOFF_FIRST, backoff_max: float = settings.STATE_WRITE_BACKOFF_MAX,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time) -> None:
         if write_attempts < 1:
             raise ValueError("write_attempts must be at least 1")

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from taskq.backoff import jittered_backoff
 from taskq.errors import TaskError, TaskqError
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskRecord, TaskState, TimelineEntry, pending
 from taskq.state.store import StateStore
 
@@ -96,7 +96,7 @@ class StoredResult:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(self._not_done(timeout))
-            pause = jittered_backoff(polls, first=settings.GET_POLL_FIRST, cap=settings.GET_POLL_MAX)
+            pause = jittered_backoff(polls, first=settings.RESULT_GET_POLL_FIRST, cap=settings.RESULT_GET_POLL_MAX)
             time.sleep(pause if remaining is None else min(pause, remaining))
             polls += 1
         return self._value()

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 
@@ -30,7 +30,7 @@ class MemoryStore(StateStore):
             old = self._records.get(task_id)
             timeline = [] if old is None or old[2] <= now else old[1]
             if entry is not None:
-                timeline = [*timeline, dict(entry)][-settings.TIMELINE_LIMIT:]
+                timeline = [*timeline, dict(entry)][-settings.STATE_TIMELINE_LIMIT:]
             self._records[task_id] = (dict(fields), timeline, now + self.retention)
 
     def read(self, task_id: str) -> TaskRecord | None:

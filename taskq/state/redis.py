@@ -19,7 +19,7 @@ import redis
 from taskq.broker import mask_url
 from taskq.errors import StateStoreError
 from taskq.message import pack, unpack
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 
@@ -45,7 +45,7 @@ class RedisStore(StateStore):
     """Records in the Redis database ``url`` names; one client (and its pool) per process."""
 
     def __init__(self, url: str, *, prefix: str | None = None, retention: float = settings.RESULT_RETENTION,
-                 timeout: float = settings.REDIS_TIMEOUT) -> None:
+                 timeout: float = settings.STATE_REDIS_TIMEOUT) -> None:
         self.url, prefix_in_url = without_prefix(url)
         self.masked_url = mask_url(url)
         self.prefix = prefix if prefix is not None else prefix_in_url or DEFAULT_PREFIX
@@ -59,7 +59,7 @@ class RedisStore(StateStore):
 
     def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
         key = self.prefix + task_id
-        arguments = [max(1, int(self.retention)), settings.TIMELINE_LIMIT, pack(dict(fields)),
+        arguments = [max(1, int(self.retention)), settings.STATE_TIMELINE_LIMIT, pack(dict(fields)),
                      pack(dict(entry)) if entry is not None else b""]
         try:
             self._write_script()(keys=[key, key + ":timeline"], args=arguments)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from taskq.errors import StateStoreError
 from taskq.message import pack, unpack
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 
@@ -77,7 +77,7 @@ class SQLiteStore(StateStore):
                         db.execute(
                             "DELETE FROM taskq_timeline WHERE task_id = ? AND seq NOT IN "
                             "(SELECT seq FROM taskq_timeline WHERE task_id = ? ORDER BY seq DESC LIMIT ?)",
-                            (task_id, task_id, settings.TIMELINE_LIMIT),
+                            (task_id, task_id, settings.STATE_TIMELINE_LIMIT),
                         )
                     if now >= self._next_sweep:
                         self._sweep(db, now)
@@ -117,7 +117,7 @@ class SQLiteStore(StateStore):
             return self._db
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=settings.SQLITE_BUSY_TIMEOUT, isolation_level=None,
+            db = sqlite3.connect(self.path, timeout=settings.STATE_SQLITE_BUSY_TIMEOUT, isolation_level=None,
                                  check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise self._error("open", exc) from exc

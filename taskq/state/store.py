@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from taskq.broker import mask_url
 from taskq.errors import ConfigurationError
-import taskq.state.settings as settings
+from taskq import settings
 from taskq.state.records import TaskRecord
 
 #: ``App(results="embedded")``: a SQLite file beside the embedded broker's, named so.

@@ -7,7 +7,6 @@ import inspect
 import re
 
 from taskq import App, settings
-from taskq.state import settings as state_settings
 from tests.support import ROOT
 
 DOC = (ROOT / "docs" / "configuration.md").read_text()
@@ -30,9 +29,7 @@ def test_every_taskq_environment_variable_is_documented():
 
 
 def settings_constants() -> dict[str, object]:
-    # taskq/state/settings.py holds the state store's until they move into taskq/settings.py.
-    return {name: value for module in (settings, state_settings) for name, value in vars(module).items()
-            if name.isupper()}
+    return {name: value for name, value in vars(settings).items() if name.isupper()}
 
 
 def test_every_default_in_settings_is_documented_with_its_value():

@@ -20,7 +20,7 @@ from taskq.middleware.delivery import dead_letter_failure
 from taskq.middleware.delivery import failure
 from taskq.middleware.state_store import StateRecorder
 from taskq.state import StateStore, StoredResult, TaskRecord, open_store
-from taskq.state import settings as state_settings
+from taskq import settings as state_settings
 from taskq.state.memory import MemoryStore
 from taskq.state.records import TimelineEntry
 from taskq.state.store import retention_from_env
@@ -122,11 +122,11 @@ def test_writes_replace_the_record_append_to_the_timeline_and_restart_the_retent
 
 def test_the_timeline_keeps_only_the_latest_entries():
     store = MemoryStore()
-    for n in range(state_settings.TIMELINE_LIMIT + 5):
+    for n in range(state_settings.STATE_TIMELINE_LIMIT + 5):
         store.write("a", {"state": "STARTED"}, {"state": "STARTED", "at": float(n)})
     record = store.read("a")
-    assert record is not None and len(record.timeline) == state_settings.TIMELINE_LIMIT
-    assert record.timeline[-1].at == state_settings.TIMELINE_LIMIT + 4
+    assert record is not None and len(record.timeline) == state_settings.STATE_TIMELINE_LIMIT
+    assert record.timeline[-1].at == state_settings.STATE_TIMELINE_LIMIT + 4
 
 
 def test_urls_choose_the_backend_and_a_wrong_one_is_refused_at_app():
@@ -252,8 +252,8 @@ def test_an_unreachable_store_is_retried_with_backoff_then_the_success_is_dead_l
     decision = middleware.before_settle(d, Succeeded())
     assert isinstance(decision, DeadLetter) and decision.reason == "state-store-unavailable"
     assert "redis://down" in decision.detail and decision.reply is not None
-    assert down.writes == state_settings.WRITE_ATTEMPTS and len(sleeps) == state_settings.WRITE_ATTEMPTS - 1
-    assert all(pause <= state_settings.WRITE_BACKOFF_MAX for pause in sleeps)
+    assert down.writes == state_settings.STATE_WRITE_ATTEMPTS and len(sleeps) == state_settings.STATE_WRITE_ATTEMPTS - 1
+    assert all(pause <= state_settings.STATE_WRITE_BACKOFF_MAX for pause in sleeps)
 
 
 def test_an_unreachable_store_at_the_start_dead_letters_without_running():
