@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import structlog
 
-from taskq import context
+from taskq import context, settings
 from taskq.backoff import jittered_backoff
 from taskq.errors import EncodeError, StateStoreError
 from taskq.message import Reply
@@ -30,7 +30,6 @@ from taskq.middleware.delivery import (
     DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded, dead_letter_reply, failure,
 )
 from taskq.middleware.pipeline import Middleware, WorkerInfo
-from taskq import settings
 from taskq.state.records import TaskState, TimelineEntry
 from taskq.state.store import StateStore
 

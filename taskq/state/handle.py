@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+from taskq import settings
 from taskq.backoff import jittered_backoff
 from taskq.errors import TaskError, TaskqError
-from taskq import settings
 from taskq.state.records import TaskRecord, TaskState, TimelineEntry, pending
 from taskq.state.store import StateStore
 

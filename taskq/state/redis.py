@@ -16,10 +16,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
+from taskq import settings
 from taskq.broker import mask_url
 from taskq.errors import StateStoreError
 from taskq.message import pack, unpack
-from taskq import settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 

@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from taskq import settings
 from taskq.errors import StateStoreError
 from taskq.message import pack, unpack
-from taskq import settings
 from taskq.state.records import TaskRecord
 from taskq.state.store import StateStore
 

@@ -14,9 +14,9 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping
 
+from taskq import settings
 from taskq.broker import mask_url
 from taskq.errors import ConfigurationError
-from taskq import settings
 from taskq.state.records import TaskRecord
 
 #: ``App(results="embedded")``: a SQLite file beside the embedded broker's, named so.
