@@ -1,0 +1,103 @@
+"""Three schedulers, one leader, the leader SIGKILLed mid-way: every tick runs exactly once (issue 16).
+
+Real processes (``taskq scheduler``, ``taskq worker``) on the real broker, RabbitMQ and embedded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from taskq import topology
+from taskq.scheduler import fired_tick
+from tests.support import ROOT
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.both_brokers]
+
+#: Seconds a takeover may take after the leader is killed: SCHEDULER_LEASE_POLL (0.5) plus start-up slack.
+TAKEOVER_BOUND = 5.0
+
+
+def start_scheduler(broker_url: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "taskq", "scheduler", "-A", "tests.support.scheduler_app:app",
+               "--broker", broker_url, "--log-format", "json"]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def runs(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture
+def names(broker_url: str):
+    app_name = f"sched{uuid.uuid4().hex[:10]}"
+    queue = f"test.{app_name}"
+    yield app_name, queue
+    with Connection(broker_url) as connection:
+        channel = connection.channel()
+        for name in (queue, queue + ".dead", topology.last_tick_queue(app_name, "tick").name,
+                     topology.scheduler_lease_queue(app_name).name):
+            try:
+                channel.queue_delete(name)
+            except Exception:
+                channel = connection.channel()
+
+
+def test_three_schedulers_a_killed_leader_and_every_tick_runs_once(broker_url, names, start_worker, tmp_path):
+    app_name, queue = names
+    runs_path = tmp_path / "runs.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TASKQ_TEST_SCHEDULER_APP": app_name,
+           "TASKQ_TEST_SCHEDULER_QUEUE": queue, "TASKQ_TEST_SCHEDULER_RUNS": str(runs_path)}
+    start_worker([queue], app="tests.support.scheduler_app:app", extra_env=env)
+    logs = [tmp_path / f"scheduler-{index}.log" for index in range(3)]
+    schedulers = [start_scheduler(broker_url, env, log) for log in logs]
+    try:
+        def leaders() -> list[int]:
+            return [index for index, log in enumerate(logs) if "scheduler leads" in log.read_text()]
+
+        first = wait_until(leaders, what="a leader")
+        assert len(first) == 1, "two schedulers lead at once"
+        leader = first[0]
+        wait_until(lambda: len(runs(runs_path)) >= 4, what="four ticks run")
+
+        schedulers[leader].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        schedulers[leader].wait(10)
+        successors = wait_until(lambda: [i for i in leaders() if i != leader], timeout=TAKEOVER_BOUND + 10, what="a new leader")
+        takeover = time.monotonic() - killed_at
+        assert len(successors) == 1, "two successors lead at once"
+        before_kill = len(runs(runs_path))
+        wait_until(lambda: len(runs(runs_path)) >= before_kill + 5, what="five more ticks run")
+
+        for process in schedulers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in schedulers:
+            process.wait(20)
+        fired = sum(log.read_text().count('"fired"') for log in logs)
+        wait_until(lambda: len(runs(runs_path)) >= fired, what="the worker to run every fired tick")
+    finally:
+        for process in schedulers:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    ids = runs(runs_path)
+    assert len(ids) == len(set(ids)), f"a tick ran twice: {sorted(i for i in ids if ids.count(i) > 1)}"
+    ticks = sorted(fired_tick(tick_id) for tick_id in ids)
+    gaps = [(a.isoformat(), b.isoformat()) for a, b in zip(ticks, ticks[1:]) if b - a != timedelta(seconds=1)]
+    assert not gaps, f"ticks missing between {gaps}"  # catch_up="all": even the takeover's are fired
+    assert len(ticks) >= 9
+    assert takeover < TAKEOVER_BOUND, f"takeover took {takeover:.1f} s"
+    print(f"takeover after SIGKILL: {takeover:.2f} s; {len(ticks)} ticks, each run once")
