@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
-from amqp.exceptions import ResourceLocked
+from amqp.exceptions import MessageNacked, ResourceLocked
 from kombu import Connection
 
 from taskq import consumer_loop, settings, topology
@@ -63,6 +63,15 @@ def next_runs(app: App, now: datetime | None = None) -> list[tuple[Schedule, dat
     """Each schedule with its next tick after ``now``: what the banner shows."""
     moment = now or datetime.now(UTC)
     return [(schedule, schedule.next_after(moment)) for schedule in app.schedules.values()]
+
+
+def schedule_lines(app: App, now: datetime | None = None) -> list[str]:
+    """One line per schedule, soonest first, for the banners of ``taskq scheduler`` and ``taskq worker --scheduler``."""
+    return [
+        f"{schedule.name} ({schedule.trigger.describe()}, catch_up={schedule.catch_up}) -> {schedule.task};"
+        f" next {next_run:%Y-%m-%d %H:%M:%S} UTC"
+        for schedule, next_run in sorted(next_runs(app, now), key=lambda pair: pair[1])
+    ]
 
 
 def fired_tick(message_id: str) -> datetime:
@@ -99,7 +108,9 @@ class Scheduler:
         consumer_loop.run(
             lambda: broker.connect(heartbeat=settings.SCHEDULER_HEARTBEAT),
             self._session,
-            errors=broker.connection_errors,
+            # A nack (a full queue with reject-publish refused the fire) ends the session too: the
+            # next one reads the last-tick queue again rather than guess what the broker kept.
+            errors=(*broker.connection_errors, MessageNacked),
             should_stop=self._stop,
             on_lost=lambda lost: log.warning("scheduler lost the broker", error=str(lost.error), retry_in=round(lost.pause, 1)),
         )

@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from types import FrameType
 
 import click
@@ -45,16 +45,12 @@ def scheduler(app_path: str, broker: str | None, loglevel: str, log_format: str)
 
 
 def banner(app: App, now: datetime | None = None) -> str:
-    """What starts, and when each schedule runs next (in UTC and in its own timezone for cron)."""
-    from taskq.scheduler import next_runs
+    """What starts, and when each schedule runs next."""
+    from taskq.scheduler import schedule_lines
 
-    lines = []
-    for schedule, next_run in sorted(next_runs(app, now), key=lambda pair: pair[1]):
-        lines.append(f"    . {schedule.name} ({schedule.trigger.describe()}, catch_up={schedule.catch_up})"
-                     f" -> {schedule.task}; next {next_run.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
     return (
         f"taskq {__version__} scheduler on {socket.gethostname()} (pid {os.getpid()})\n"
         f"  app:       {app.name}\n"
         f"  broker:    {app.broker.masked_url}\n"
-        f"  schedules:\n" + "\n".join(lines)
+        f"  schedules:\n" + "\n".join(f"    . {line}" for line in schedule_lines(app, now))
     )

@@ -101,3 +101,31 @@ def test_three_schedulers_a_killed_leader_and_every_tick_runs_once(broker_url, n
     assert len(ticks) >= 9
     assert takeover < TAKEOVER_BOUND, f"takeover took {takeover:.1f} s"
     print(f"takeover after SIGKILL: {takeover:.2f} s; {len(ticks)} ticks, each run once")
+
+
+def test_two_workers_with_embedded_schedulers_fire_each_tick_once(broker_url, names, start_worker, tmp_path):
+    """``taskq worker --scheduler`` on two workers: two candidates for the lease, one fires."""
+    app_name, queue = names
+    runs_path = tmp_path / "runs.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TASKQ_TEST_SCHEDULER_APP": app_name,
+           "TASKQ_TEST_SCHEDULER_QUEUE": queue, "TASKQ_TEST_SCHEDULER_RUNS": str(runs_path)}
+    workers = [start_worker([queue], app="tests.support.scheduler_app:app", extra_env=env, extra_args=("--scheduler",))
+               for _ in range(2)]
+    wait_until(lambda: len(runs(runs_path)) >= 5, what="five ticks run")
+    assert sum(w.log().count("scheduler leads") for w in workers) == 1  # (stopping one lets the other take over)
+    for worker in workers:
+        assert worker.stop() == 0
+    ids = runs(runs_path)
+    assert len(ids) == len(set(ids)), f"a tick ran twice: {sorted(ids)}"
+    ticks = sorted(fired_tick(tick_id) for tick_id in ids)
+    assert all(b - a == timedelta(seconds=1) for a, b in zip(ticks, ticks[1:])), ticks
+    assert all("scheduler:   one more process" in w.log() and ". tick (every 1s" in w.log() for w in workers)
+
+
+def test_an_app_without_schedules_is_a_one_line_error(broker_url):
+    result = subprocess.run(
+        [sys.executable, "-m", "taskq", "scheduler", "-A", "tests.support.apps:app", "--broker", broker_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["Error: app 'tests' has no schedules (@app.periodic or app.schedule)"]
