@@ -23,6 +23,7 @@ No click here: ``taskq scheduler`` (taskq/cli/scheduler.py) parses and calls ``S
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -36,7 +37,7 @@ from kombu import Connection
 
 from taskq import consumer_loop, settings, topology
 from taskq.broker import publish_on
-from taskq.message import TaskMessage
+from taskq.message import TaskMessage, message_body, pack, unpack
 from taskq.middleware.pipeline import failed
 from taskq.schedules import Schedule, due_ticks, parse_tick, tick_id
 
@@ -77,6 +78,96 @@ def schedule_lines(app: App, now: datetime | None = None) -> list[str]:
 def fired_tick(message_id: str) -> datetime:
     """The tick a fire's message id names (``name@2026-01-01T12:00:00Z``)."""
     return parse_tick(message_id.rpartition("@")[2])
+
+
+def read_last_tick(channel: Any, queue: Any) -> datetime | None:
+    """The newest tick in a last-tick queue, which stays there: peeked (taken and put back), not consumed.
+
+    Normally the queue holds one message. It can hold two for a moment (a peek put back while
+    a fire came in: the broker applies ``x-max-length`` on publish, not on a requeue), so every
+    message is read and the newest tick wins; the older ones are acked away.
+    """
+    bound = queue(channel)
+    messages = []
+    while (message := bound.get(no_ack=False)) is not None:
+        messages.append(message)
+    readable: list[tuple[datetime, Any]] = []
+    for message in messages:
+        try:
+            readable.append((fired_tick(str(message.properties.get("message_id") or message.headers.get("id", ""))), message))
+        except ValueError:
+            log.warning("unreadable message in a last-tick queue", queue=bound.name)
+    if not readable:
+        for message in messages:
+            message.requeue()
+        return None
+    newest_tick, newest = max(readable, key=lambda pair: pair[0])
+    for message in messages:
+        if message is not newest:
+            message.ack()
+    newest.requeue()  # it stays the record until the next fire replaces it
+    return newest_tick
+
+
+@dataclass
+class ScheduleReport:
+    """One schedule as ``taskq status`` shows it."""
+
+    name: str
+    task: str
+    when: str
+    catch_up: str
+    next_run: str  # ISO, UTC
+    last_fired: str | None  # ISO, UTC: the tick in its last-tick queue
+
+
+@dataclass
+class LeaderReport:
+    """Whether a scheduler holds the app's lease, and who took it last."""
+
+    held: bool
+    host: str | None = None
+    pid: int | None = None
+    since: str | None = None
+
+
+def report(app: App, now: datetime | None = None) -> tuple[list[ScheduleReport], LeaderReport]:
+    """The app's schedules (next run, last fired) and its leader, read off the broker.
+
+    Peeks at the last-tick and leader queues (see read_last_tick): safe beside a running leader.
+    """
+    moment = now or datetime.now(UTC)
+    schedules = []
+    with app.broker.connect() as connection:
+        for schedule, next_run in next_runs(app, moment):
+            last_queue = topology.last_tick_queue(app.name, schedule.name, app.queue_type)
+            last = read_last_tick(connection.channel(), last_queue) if _exists(connection, last_queue) else None
+            schedules.append(ScheduleReport(
+                schedule.name, schedule.task, schedule.trigger.describe(), schedule.catch_up,
+                next_run.isoformat(), last.isoformat() if last else None,
+            ))
+        leader = LeaderReport(held=_exists(connection, topology.scheduler_lease_queue(app.name)))
+        record_queue = topology.scheduler_leader_queue(app.name)
+        message = record_queue(connection.channel()).get(no_ack=False) if _exists(connection, record_queue) else None
+        if message is not None:
+            try:
+                record = unpack(message_body(message.body))
+                leader = LeaderReport(leader.held, str(record["host"]), int(record["pid"]), str(record["since"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable scheduler leader record", queue=record_queue.name)
+            message.requeue()
+    return schedules, leader
+
+
+def _exists(connection: Connection, queue: Any) -> bool:
+    """Whether the broker has the queue, without creating it (status must not declare queues)."""
+    try:
+        queue(connection.channel()).queue_declare(passive=True)
+    except ResourceLocked:  # RabbitMQ: an exclusive queue (the lease), held by another connection
+        return True
+    except connection.channel_errors:  # 404, which closed that channel
+        return False
+    return True
 
 
 class Scheduler:
@@ -143,6 +234,7 @@ class Scheduler:
     def _lead(self, connection: Connection, channel: Any) -> None:
         now = self._clock()
         states = [self._resume(channel, schedule, now) for schedule in self.app.schedules.values()]
+        self._record_leader(connection, channel, now)
         log.info("scheduler leads", app=self.app.name, schedules=len(states))
         lease = topology.scheduler_lease_queue(self.app.name)
         while not self._stopped():
@@ -164,19 +256,18 @@ class Scheduler:
 
         A schedule that never fired starts from ``now``: nothing is owed for the time before.
         """
-        self._declare_targets(channel, schedule)
-        last_queue = topology.last_tick_queue(self.app.name, schedule.name, self.app.queue_type)(channel)
-        message = last_queue.get(no_ack=False)
-        last_fired: datetime | None = None
-        if message is not None:
-            try:
-                last_fired = fired_tick(str(message.properties.get("message_id") or message.headers.get("id", "")))
-            except ValueError:
-                log.warning("unreadable last tick, starting from now", schedule=schedule.name)
-            message.requeue()  # peeked, not taken: it stays the record until the next fire replaces it
+        self._declare_targets(channel, schedule)  # the last-tick queue among them
+        last_fired = read_last_tick(channel, topology.last_tick_queue(self.app.name, schedule.name, self.app.queue_type))
         cursor = last_fired or now
         log.info("schedule resumes", schedule=schedule.name, last_fired=last_fired and last_fired.isoformat())
         return ScheduleState(schedule, cursor, schedule.next_after(cursor))
+
+    def _record_leader(self, connection: Connection, channel: Any, now: datetime) -> None:
+        record = topology.scheduler_leader_queue(self.app.name)
+        publish_on(
+            connection, pack({"host": socket.gethostname(), "pid": os.getpid(), "since": now.isoformat()}),
+            channel=channel, routing_key=record.name, declare=[record], confirm_timeout=self.app.broker.retry.confirm_timeout,
+        )
 
     def _target_queue(self, schedule: Schedule) -> str:
         task = self.app.tasks.get(schedule.task)

@@ -158,3 +158,11 @@ def last_tick_queue(app_name: str, schedule_name: str, queue_type: str = "classi
         arguments["x-queue-type"] = "quorum"
     key = scheduler_routing_key(app_name, schedule_name)
     return Queue(name, exchange=scheduler_exchange(), routing_key=key, durable=True, queue_arguments=arguments)
+
+
+def scheduler_leader_queue(app_name: str) -> Queue:
+    """Who took the lease last (host, pid, since), for ``taskq status``: max-length 1, each
+    new leader's record replaces the one before. Not the lease itself, which only the
+    exclusive queue is; a record whose lease is gone names a leader that died."""
+    name = f"taskq.scheduler.{app_name}.leader"
+    return Queue(name, routing_key=name, durable=True, queue_arguments={"x-max-length": 1, "x-overflow": "drop-head"})

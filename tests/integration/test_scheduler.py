@@ -5,6 +5,7 @@ Real processes (``taskq scheduler``, ``taskq worker``) on the real broker, Rabbi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -113,13 +114,33 @@ def test_two_workers_with_embedded_schedulers_fire_each_tick_once(broker_url, na
                for _ in range(2)]
     wait_until(lambda: len(runs(runs_path)) >= 5, what="five ticks run")
     assert sum(w.log().count("scheduler leads") for w in workers) == 1  # (stopping one lets the other take over)
+    leading = status(broker_url, env)
+    assert leading["scheduler_leader"]["held"] and leading["scheduler_leader"]["pid"] in scheduler_pids(workers)
+    [tick_schedule] = leading["schedules"]
+    assert tick_schedule["name"] == "tick" and tick_schedule["last_fired"] is not None
     for worker in workers:
         assert worker.stop() == 0
+    stopped = status(broker_url, env)
+    assert not stopped["scheduler_leader"]["held"] and stopped["scheduler_leader"]["pid"] is not None
+    assert fired_tick("x@" + stopped["schedules"][0]["last_fired"]) >= max(fired_tick(i) for i in runs(runs_path))
     ids = runs(runs_path)
     assert len(ids) == len(set(ids)), f"a tick ran twice: {sorted(ids)}"
     ticks = sorted(fired_tick(tick_id) for tick_id in ids)
     assert all(b - a == timedelta(seconds=1) for a, b in zip(ticks, ticks[1:])), ticks
     assert all("scheduler:   one more process" in w.log() and ". tick (every 1s" in w.log() for w in workers)
+
+
+def status(broker_url: str, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "taskq", "status", "-A", "tests.support.scheduler_app:app", "--broker", broker_url,
+         "--wait", "0.2", "--counts", "amqp", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def scheduler_pids(workers) -> list[int]:
+    return [pid for worker in workers for pid in worker.child_pids()]
 
 
 def test_an_app_without_schedules_is_a_one_line_error(broker_url):
