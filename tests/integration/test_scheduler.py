@@ -150,3 +150,77 @@ def test_an_app_without_schedules_is_a_one_line_error(broker_url):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["Error: app 'tests' has no schedules (@app.periodic or app.schedule)"]
+
+
+@pytest.mark.rabbitmq_only(reason="the embedded broker's lease belongs to a process, which a pause doesn't end")
+def test_a_paused_leader_loses_its_lease_and_cannot_fire_beside_its_successor(broker_url, names, start_worker, tmp_path):
+    """SIGSTOP the leader: its heartbeats stop, the broker closes its connection and frees the lease,
+    a follower leads. SIGCONT: the old leader's fires were on that closed connection, so none lands."""
+    app_name, queue = names
+    runs_path = tmp_path / "runs.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TASKQ_TEST_SCHEDULER_APP": app_name,
+           "TASKQ_TEST_SCHEDULER_QUEUE": queue, "TASKQ_TEST_SCHEDULER_RUNS": str(runs_path)}
+    start_worker([queue], app="tests.support.scheduler_app:app", extra_env=env)
+    logs = [tmp_path / f"scheduler-{index}.log" for index in range(2)]
+    schedulers = [start_scheduler(broker_url, env, log) for log in logs]
+    try:
+        def leaders() -> list[int]:
+            return [index for index, log in enumerate(logs) if "scheduler leads" in log.read_text()]
+
+        [leader] = wait_until(leaders, what="a leader")
+        wait_until(lambda: len(runs(runs_path)) >= 2, what="two ticks run")
+        schedulers[leader].send_signal(signal.SIGSTOP)
+        paused_at = time.monotonic()
+        wait_until(lambda: len(leaders()) == 2, timeout=30, what="the follower to take over")
+        takeover = time.monotonic() - paused_at
+        schedulers[leader].send_signal(signal.SIGCONT)
+        resumed = len(runs(runs_path))
+        wait_until(lambda: "no longer leads" in logs[leader].read_text(), what="the paused leader to notice")
+        wait_until(lambda: len(runs(runs_path)) >= resumed + 3, what="three more ticks run")
+        for process in schedulers:
+            process.send_signal(signal.SIGTERM)
+        for process in schedulers:
+            process.wait(20)
+        fired = sum(log.read_text().count('"fired"') for log in logs)
+        wait_until(lambda: len(runs(runs_path)) >= fired, what="the worker to run every fired tick")
+    finally:
+        for process in schedulers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait(10)
+    ids = runs(runs_path)
+    assert len(ids) == len(set(ids)), f"a tick ran twice: {sorted(i for i in ids if ids.count(i) > 1)}"
+    ticks = sorted(fired_tick(tick_id) for tick_id in ids)
+    assert all(b - a == timedelta(seconds=1) for a, b in zip(ticks, ticks[1:])), [t.isoformat() for t in ticks]
+    # Two missed heartbeats of SCHEDULER_HEARTBEAT (2 s) and the broker's own timing.
+    assert takeover < 15, f"takeover after a pause took {takeover:.1f} s"
+    print(f"takeover after SIGSTOP: {takeover:.2f} s; {len(ticks)} ticks, each run once")
+
+
+def test_a_schedule_of_an_unknown_task_is_dead_lettered(broker_url, names, start_worker, tmp_path):
+    app_name, queue = names
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TASKQ_TEST_SCHEDULER_APP": app_name,
+           "TASKQ_TEST_SCHEDULER_QUEUE": queue, "TASKQ_TEST_SCHEDULER_GHOST": "1"}
+    start_worker([queue], app="tests.support.scheduler_app:app", extra_env=env)
+    scheduler = start_scheduler(broker_url, env, tmp_path / "scheduler.log")
+    try:
+        with Connection(broker_url) as connection:
+            channel = connection.channel()
+
+            def dead_letter():
+                try:
+                    return channel.basic_get(queue + ".dead", no_ack=True)
+                except Exception:  # not declared yet
+                    return None
+
+            message = wait_until(dead_letter, what="a dead letter in " + queue + ".dead")
+            assert message.headers["task"] == "tests.no_such_task"
+            assert message.properties["message_id"].startswith("ghost@")
+            assert "unknown-task" in str(message.headers)
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.wait(20)
+    cleanup = topology.last_tick_queue(app_name, "ghost").name
+    with Connection(broker_url) as connection:
+        connection.channel().queue_delete(cleanup)

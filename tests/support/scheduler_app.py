@@ -25,3 +25,8 @@ def record(delivery: Any) -> None:
         # One short O_APPEND write per run: lines from concurrent children never interleave.
         with open(RUNS, "a") as runs:
             runs.write(delivery.envelope.id + "\n")
+
+
+if os.environ.get("TASKQ_TEST_SCHEDULER_GHOST"):
+    # A schedule of a task no worker knows: fired all the same, dead-lettered by the worker.
+    app.schedule("tests.no_such_task", every=1, queue=QUEUE, name="ghost")
