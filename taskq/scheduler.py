@@ -243,6 +243,8 @@ class Scheduler:
             if any(ticks for _, ticks in due):
                 lease(channel).declare()  # still ours (ResourceLocked, a channel error, ends the session)
             for state, ticks in due:
+                if ticks:
+                    self._declare_targets(channel, state.schedule)
                 for tick in ticks:
                     self._fire(connection, channel, state.schedule, tick)
                     state.last_fired = tick
@@ -275,8 +277,8 @@ class Scheduler:
 
     def _declare_targets(self, channel: Any, schedule: Schedule) -> None:
         """The task's queue (as its workers declare it) and the last-tick queue, both bound to the
-        scheduler exchange for this schedule's key: declared on each takeover and before each fire,
-        so a queue an operator deleted comes back instead of a tick reaching only its record."""
+        scheduler exchange for this schedule's key: declared on each takeover and before each round
+        of fires, so a queue an operator deleted comes back instead of a tick reaching only its record."""
         key = topology.scheduler_routing_key(self.app.name, schedule.name)
         queue_name = self._target_queue(schedule)
         topology.scheduler_exchange()(channel).declare()
@@ -288,7 +290,6 @@ class Scheduler:
     def _fire(self, connection: Connection, channel: Any, schedule: Schedule, tick: datetime) -> None:
         """One tick: one confirmed publish on the lease's connection. Raises if unconfirmed, and the
         session ends: the tick is then either nowhere or in both queues, and the next leader knows which."""
-        self._declare_targets(channel, schedule)
         message = TaskMessage(id=tick_id(schedule.name, tick), task=schedule.task, args=schedule.args, kwargs=schedule.kwargs)
         headers = {**message.headers(), SCHEDULE_HEADER: schedule.name}
         for middleware in self.app.middleware:

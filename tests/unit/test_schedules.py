@@ -146,3 +146,36 @@ def test_periodic_registers_the_task_and_its_schedule() -> None:
     app.schedule(report, every=60, name="report.hourly", kwargs={"n": 2})
     with pytest.raises(ConfigurationError, match="two schedules are named 'report'"):
         app.schedule("report", every=10)
+
+
+def test_the_banner_lists_each_schedule_with_its_next_run_soonest_first() -> None:
+    from taskq.cli.scheduler import banner
+
+    app = App("banner-test", broker="memory://")
+
+    @app.periodic(cron="0 3 * * *", timezone="Europe/Paris")
+    def nightly() -> None: ...
+
+    @app.periodic(every=30, name="often")
+    def often() -> None: ...
+
+    text = banner(app, at("2026-03-28T12:00:10+00:00"))
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(". ")]
+    assert lines == [
+        ". often (every 30s, catch_up=once) -> often; next 2026-03-28 12:00:30 UTC",
+        f". {nightly.options.name} (cron '0 3 * * *' Europe/Paris, catch_up=once) -> {nightly.options.name}; next 2026-03-29 01:00:00 UTC",
+    ]
+    assert "banner-test" in text and "memory://" in text
+
+
+def test_status_lines_name_the_leader_or_say_the_lease_is_free() -> None:
+    from taskq.scheduler import LeaderReport, ScheduleReport
+    from taskq.status import schedule_lines
+
+    entry = ScheduleReport("tick", "app.tick", "every 1s", "once", "2026-01-01T12:00:01+00:00", None)
+    assert schedule_lines([entry], LeaderReport(True, "web-1", 42, "2026-01-01T11:00:00+00:00")) == [
+        "scheduler leader: web-1 pid 42, since 2026-01-01T11:00:00+00:00",
+        "  tick (every 1s) -> app.tick: next 2026-01-01T12:00:01+00:00, last fired never",
+    ]
+    assert schedule_lines([], LeaderReport(False, "web-1", 42, "x"))[0] == "scheduler leader: none (the lease is free; the last was web-1 pid 42, since x)"
+    assert schedule_lines([], LeaderReport(False))[0] == "scheduler leader: none (the lease is free)"
