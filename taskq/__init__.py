@@ -1,6 +1,7 @@
 """taskq: background jobs on RabbitMQ — durable queues, fair dispatch, results over RPC."""
 
 from taskq.app import App
+from taskq.context import current
 from taskq.errors import (
     BrokerError,
     ConfigurationError,
@@ -8,6 +9,7 @@ from taskq.errors import (
     PublishError,
     ResultLost,
     Retry,
+    StateStoreError,
     SoftTimeLimitExceeded,
     TaskError,
     TaskqError,
@@ -17,6 +19,7 @@ from taskq.errors import (
 from taskq.logs import get_logger
 from taskq.middleware import Delivery, Middleware
 from taskq.results import AsyncResult
+from taskq.state import StoredResult, TaskState
 from taskq.task import Task
 
 __version__ = "0.1.0"
@@ -33,10 +36,14 @@ __all__ = [
     "ResultLost",
     "Retry",
     "SoftTimeLimitExceeded",
+    "StateStoreError",
+    "StoredResult",
     "Task",
     "TaskError",
+    "TaskState",
     "TaskqError",
     "TimeLimitExceeded",
     "Unroutable",
+    "current",
     "get_logger",
 ]

@@ -22,8 +22,10 @@ from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
 from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.pipeline import task_settings
+from taskq.middleware.state_store import StateRecorder
 from taskq.producer import Producer
 from taskq.results import AsyncResult
+from taskq.state import Results, StateStore, StoredResult
 from taskq.task import Params, Returns, Task, TaskOptions, refuse_unrunnable
 
 Hook = TypeVar("Hook", bound=Callable[..., Any])
@@ -44,6 +46,10 @@ class App:
 
     ``middleware``: what the worker does around each task, in order (docs/middleware.md);
     default ``taskq.middleware.default_middleware()`` (expiry, eta, retries, time limits).
+
+    ``results``: a state store, for task state and results by id from any process
+    (``app.result(id)``, docs/results.md): ``"embedded"``, ``"sqlite:///path"``,
+    ``"redis://host:port/db"`` or a ``taskq.state.StateStore``; None (default): RPC only.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class App:
         queue_type: str = settings.QUEUE_TYPE,
         delivery_limit: int | None = None,
         middleware: Iterable[Middleware] | None = None,
+        results: str | StateStore | None = None,
     ) -> None:
         if queue_type not in topology.QUEUE_TYPES:
             raise ConfigurationError(f"queue_type must be one of {', '.join(topology.QUEUE_TYPES)}, not {queue_type!r}")
@@ -81,7 +88,10 @@ class App:
         self._lock = threading.RLock()
         self.middleware: list[Middleware] = list(default_middleware() if middleware is None else middleware)
         self._app_hooks: AppHooks | None = None
-        self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py)
+        self.results = Results(results, lambda: self.broker.url) if results is not None else None
+        if self.results is not None:  # last: it records what the others decided
+            self.middleware.append(StateRecorder(self.results.store))
+        self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py); reads the hooks above
         self.schedules: dict[str, schedules.Schedule] = {}  # fired by `taskq scheduler` (taskq/scheduler.py)
 
     def __repr__(self) -> str:
@@ -371,6 +381,12 @@ class App:
         or later; an event no group is bound for is dropped, as pub/sub means.
         """
         return self._producer.publish_event(topic, payload)
+
+    def result(self, task_id: str) -> StoredResult:
+        """Task ``task_id``'s state and result, read from the state store: works in any process."""
+        if self.results is None:
+            raise ConfigurationError("app.result() reads the state store: build the App with results=URL (docs/results.md)")
+        return StoredResult(self.results.store(), task_id)
 
     def close(self) -> None:
         """Close the app's connections; the next send opens new ones."""

@@ -126,3 +126,11 @@ class SoftTimeLimitExceeded(TaskqError):
 
 class TimeLimitExceeded(TaskqError):
     """A task ran past its hard ``time_limit``; its worker child was replaced to stop it."""
+
+
+class StateStoreError(TaskqError):
+    """The task-state store (``App(results=...)``) can't be reached, or its data is damaged or foreign."""
+
+
+class OutsideTask(TaskqError):
+    """``taskq.current()`` was called where no task is running."""

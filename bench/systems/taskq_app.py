@@ -7,12 +7,17 @@ queue.
 
 from __future__ import annotations
 
+import os
+
 from bench.common import BROKER_URL, queue_name, record_mark
 from taskq import App
 
 QUEUE = queue_name("taskq")
+#: A state store to measure what it costs (docs/benchmarks.md, "The state store"): e.g.
+#: ``TASKQ_BENCH_RESULTS=redis://127.0.0.1:6379/0?prefix=bench:``. Unset: RPC only, the default.
+RESULTS = os.environ.get("TASKQ_BENCH_RESULTS") or None
 
-app = App("bench", broker=BROKER_URL)
+app = App("bench", broker=BROKER_URL, results=RESULTS)
 
 
 @app.task(queue=QUEUE, ignore_result=True)

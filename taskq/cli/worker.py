@@ -17,7 +17,7 @@ from taskq.errors import ConfigurationError
 from taskq.logs import LEVELS, configure_logging
 
 if TYPE_CHECKING:
-    from taskq.worker import WorkerOptions
+    from taskq.worker.supervisor import WorkerOptions
     from taskq.worker.metrics_export import MetricsExport
 
 
@@ -45,7 +45,7 @@ def worker(
     loglevel: str, log_format: str, heartbeat: float | None, metrics_port: int | None, with_scheduler: bool = False,
 ) -> None:
     """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
-    from taskq.worker import Supervisor, WorkerOptions
+    from taskq.worker.supervisor import Supervisor, WorkerOptions
 
     configure_logging(loglevel, log_format)
     # Before the app is loaded: it may import prometheus_client, which must find its directory set.

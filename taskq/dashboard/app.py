@@ -1,4 +1,5 @@
-"""The dashboard's web side: one page, one server-sent-events stream, two actions.
+"""The dashboard's web side: one page, one server-sent-events stream, two actions, and a
+page per task read from the app's state store (when it has one).
 
 Thin on purpose: the numbers come from feed.py's threads (which own the broker
 connections), and the actions are dead.py's replay and a queue purge, run on the feed's
@@ -32,6 +33,7 @@ from taskq.dashboard import guard
 from taskq.dashboard.feed import Action, Feed
 from taskq.dashboard.state import LOG_LINES_KEPT, DashboardState
 from taskq.errors import TaskqError, UserActionError
+from taskq.state.records import as_json, pending
 
 if TYPE_CHECKING:
     from taskq.app import App
@@ -206,6 +208,24 @@ def create_app(app: App, queue_names: list[str], *, allowed_hosts: list[str], to
             return JSONResponse({"error": str(exc) or "timed out"}, status_code=503)
         return JSONResponse(result)
 
+    async def task_page(request: Request) -> Response:
+        return FileResponse(STATIC / "task.html", headers={"Cache-Control": "no-cache"})
+
+    async def task_record(request: Request) -> Response:
+        """One task's record from the app's state store (docs/results.md), read off the event loop."""
+        task_id = request.path_params["task_id"]
+        results = app.results
+        if results is None:
+            return JSONResponse({"error": "this app has no state store: build it with App(results=...) "
+                                          "(docs/results.md)"}, status_code=404)
+        try:
+            record = await asyncio.to_thread(lambda: results.store().read(task_id) or pending(task_id))
+        except TaskqError as exc:  # StateStoreError: unreachable, damaged
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        # The task's own values may be anything msgpack carries: repr what JSON can't.
+        return Response(json.dumps(as_json(record), default=repr), media_type="application/json",
+                        headers={"Cache-Control": "no-cache"})
+
     async def replay(request: Request) -> Response:
         return await act(request, "replay")
 
@@ -216,6 +236,8 @@ def create_app(app: App, queue_names: list[str], *, allowed_hosts: list[str], to
         Route("/", index),
         Route("/events", events),
         Route("/api/state", state),
+        Route("/task/{task_id}", task_page),
+        Route("/api/task/{task_id}", task_record),
         Route("/api/replay", replay, methods=["POST"]),
         Route("/api/purge", purge, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

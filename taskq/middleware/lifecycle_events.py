@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 
-from taskq import topology
+from taskq import context, topology
 from taskq.events import (
     BATCH_ENV,
     BROADCAST_ENV,
@@ -33,6 +33,7 @@ class LifecycleEvents(Middleware):
 
     def __init__(self, broadcaster: Broadcaster) -> None:
         self.broadcaster = broadcaster
+        self._stop_listening: Callable[[], None] | None = None
 
     @classmethod
     def from_env(cls, app_name: str, queue_names: list[str]) -> LifecycleEvents:
@@ -52,6 +53,17 @@ class LifecycleEvents(Middleware):
         processors = list(structlog.get_config()["processors"])
         processors.insert(max(len(processors) - 1, 0), self.broadcaster.log_processor)
         structlog.configure(processors=processors)
+        self._stop_listening = context.listen(self._progress)
+
+    def on_worker_stop(self) -> None:
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
+
+    def _progress(self, running: context.TaskContext, fraction: float | None, meta: dict[str, Any]) -> None:
+        """``taskq.current().progress()``, from the task's thread: the broadcaster takes events from any."""
+        self.broadcaster.emit("task.progress", progress=fraction, meta=meta,
+                              **task_fields(running.message, running.queue))
 
     def on_connect(self, connection: Connection) -> None:
         self.broadcaster.attach(connection)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DEAD_LETTER_REASONS = frozenset({
     "wrong-content-type", "undecodable-body", "malformed-body", "missing-task-name", "missing-task-id",
     "invalid-header", "unknown-task", "expired", "failed", "retries-exhausted", "worker-error",
+    "state-store-unavailable",
 })
 OTHER_REASON = "other"  #: the label of a reason a middleware of the app's own made up
 NO_TASK = "?"  #: the task label of a message that names no task of this app (or can't be read)

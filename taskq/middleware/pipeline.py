@@ -4,14 +4,14 @@ pipeline that calls them.
 A middleware overrides only the hooks it needs; the worker calls, per hook, only the
 middleware that override it (``Pipeline``), so a hook nobody uses costs nothing per task.
 Notification hooks (``on_*``) return nothing. Decision hooks (``before_run``,
-``decide_failure``) return a decision (taskq/middleware/delivery.py) or None ("no opinion"):
+``decide_failure``, ``before_settle``) return a decision (taskq/middleware/delivery.py) or None ("no opinion"):
 middleware never publish or ack, the worker's settler does, so the delivery guarantees
 hold whatever a middleware does. A hook that raises is logged and skipped, never the
 worker killed. A middleware also declares the ``@app.task`` options it owns
 (``task_options``), so each option is written once (``task_settings``).
 
 Order: ``received -> before_run -> task_start -> (run) -> task_succeeded | task_failed ->
-decide_failure (failures only) -> settled``. A success is settled (acked) before
+decide_failure (failures only) -> before_settle -> settled``. A success is settled (acked) before
 ``on_task_succeeded``, so the broker sends the next message meanwhile; a failure is
 reported before its retry or dead letter is settled, so ``task.failed`` comes first.
 """
@@ -104,6 +104,11 @@ class Middleware:
         """After a failure: retry, dead-letter, ...; the first decision wins (default: dead letter)."""
         return None
 
+    def before_settle(self, delivery: Delivery, decision: Decision) -> Decision | None:
+        """The last word before the settler publishes and acks: return a decision to replace
+        ``decision`` (the state store dead-letters a message whose state it could not record)."""
+        return None
+
     def on_settled(self, delivery: Delivery, decision: Decision) -> None:
         """The message was settled as ``decision`` (published and acked)."""
 
@@ -111,7 +116,7 @@ class Middleware:
 HOOKS = (
     "before_publish", "on_worker_start", "on_worker_stop", "on_connect", "on_disconnect", "on_tick",
     "on_received", "before_run", "on_task_start", "on_task_succeeded", "on_task_failed", "decide_failure",
-    "on_settled",
+    "before_settle", "on_settled",
 )
 
 
@@ -140,7 +145,7 @@ def task_settings(middleware: Iterable[Middleware], core_options: Iterable[str],
 
 
 #: The hooks whose answer is a decision (the first one wins); the others only notify.
-DECISION_HOOKS = ("before_run", "decide_failure")
+DECISION_HOOKS = ("before_run", "decide_failure", "before_settle")
 
 
 def nothing(*args: Any) -> None:
@@ -172,6 +177,7 @@ class Pipeline:
     on_task_succeeded: Callable[[Delivery], None]
     on_task_failed: Callable[[Delivery], None]
     decide_failure: Callable[[Delivery], Decision | None]
+    before_settle: Callable[[Delivery, Decision], Decision | None]
     on_settled: Callable[[Delivery, Decision], None]
 
     def __init__(self, middleware: Iterable[Middleware]) -> None:

@@ -1,5 +1,5 @@
-"""The worker: a supervisor process (supervisor.py) and its children (child.py)."""
+"""The worker: a supervisor process (supervisor.py) and its children (child.py).
 
-from taskq.worker.supervisor import Supervisor, WorkerOptions
-
-__all__ = ["Supervisor", "WorkerOptions"]
+Empty on purpose: importing any ``taskq.worker.<module>`` runs this file first, so anything
+imported here would be imported by every worker module, and the supervisor imports the child.
+"""

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from kombu.connection import Connection
 
+from taskq import context
 from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
 from taskq.middleware.delivery import Delivery, Outcome, failure
@@ -132,9 +133,11 @@ def run_task(task: Task[..., Any], message: TaskMessage, queue: str, guard: limi
         try:
             if guard is not None:
                 guard.enter()
+            current = context.entering(message, queue)  # taskq.current() inside the task
             try:
                 result = task.function(*message.args, **message.kwargs)
             finally:
+                context.leaving(current)
                 if guard is not None:
                     guard.leave()  # a soft time limit can't be raised in this thread past here
             reply = Reply(task_id=message.id, ok=True, result=result)

@@ -42,7 +42,9 @@ class Settler:
             maybe_declare(delay.DelayTopology(queue_type), self.publish_channel)
 
     def settle(self, delivery: Delivery, decision: Decision) -> None:
-        """Carry out ``decision``, then tell the ``on_settled`` hooks what was done."""
+        """Carry out ``decision`` (or what a ``before_settle`` hook replaced it with: the last
+        moment a middleware can act before the ack), then tell the ``on_settled`` hooks."""
+        decision = self.pipeline.before_settle(delivery, decision) or decision
         if isinstance(decision, Succeeded):
             if delivery.reply_wanted and delivery.outcome is not None:
                 self._reply(delivery, delivery.outcome.body)

@@ -346,3 +346,69 @@ def test_beyond_localhost_the_dashboard_needs_a_token_and_the_page_gets_it_once(
         assert token not in dashboard.log()  # a secret, never printed
     finally:
         dashboard.stop()
+
+
+def test_a_task_is_found_by_id_and_its_page_shows_state_timeline_result_traceback_and_worker(
+    dashboard_deps, browser, broker_url, queue_name, start_worker, tmp_path, monkeypatch
+):
+    from selenium.webdriver.common.by import By
+
+    from tests.support.apps_state import add, app as state_app, fail
+
+    results = f"sqlite://{tmp_path / 'results.db'}"
+    monkeypatch.setenv("TASKQ_TEST_RESULTS", results)  # the dashboard's app reads the same store
+    worker = start_worker([queue_name], 1, app="tests.support.apps_state:app", extra_env={"TASKQ_TEST_RESULTS": results})
+    [child_pid] = worker.child_pids()
+    state_app.use_broker(broker_url)
+    dashboard = Dashboard(["-A", "tests.support.apps_state:app", "-Q", queue_name, "--broker", broker_url],
+                          tmp_path / "dashboard.log")
+    try:
+        added = add.apply_async((2, 3), queue=queue_name)
+        failed = fail.apply_async(("boom on the task page",), queue=queue_name)
+        assert added.get(timeout=20) == 5
+        with pytest.raises(TaskError):
+            failed.get(timeout=20)
+
+        browser.get(dashboard.url)
+        search = browser.find_element(By.CSS_SELECTOR, "#task-id")
+        search.send_keys(added.id)
+        click(browser, "#task-search button")
+        page_shows(browser, "#state", "SUCCEEDED", exact=True)
+        assert browser.current_url == f"{dashboard.url}task/{added.id}"
+        page_shows(browser, "#task-name", add.name, exact=True)
+        page_shows(browser, "#result", "5", exact=True)
+        page_shows(browser, "#arguments", "args:   [2,3]")
+        page_shows(browser, "#attempts", "1", exact=True)
+        page_shows(browser, "#worker", f":{child_pid}")
+        page_shows(browser, "#timeline tbody", "STARTED")
+        page_shows(browser, "#timeline tbody tr:last-child", "SUCCEEDED")
+
+        browser.get(f"{dashboard.url}task/{failed.id}")
+        page_shows(browser, "#state", "FAILED", exact=True)
+        page_shows(browser, "#error .exc", "ValueError: boom on the task page", exact=True)
+        page_shows(browser, "#error .traceback", "raise ValueError(message)")
+        page_shows(browser, "#reason", "failed: ValueError: boom on the task page")
+        assert not browser.find_element(By.CSS_SELECTOR, "#result-section").is_displayed()
+
+        browser.get(f"{dashboard.url}task/no-such-task")
+        page_shows(browser, "#state", "PENDING", exact=True)
+        assert browser.find_element(By.CSS_SELECTOR, "#pending-note").is_displayed()
+
+        with urllib.request.urlopen(f"{dashboard.url}api/task/{added.id}", timeout=10) as response:
+            record = json.load(response)
+        assert record["state"] == "SUCCEEDED" and record["result"] == 5 and record["final"]
+        assert [entry["state"] for entry in record["timeline"]] == ["STARTED", "SUCCEEDED"]
+    finally:
+        dashboard.stop()
+        state_app.close()
+
+
+def test_the_task_page_of_an_app_without_a_store_says_so(dashboard_deps, app, queue_name, broker_url, tmp_path):
+    dashboard = Dashboard(["-A", "tests.support.apps:app", "-Q", queue_name, "--broker", broker_url],
+                          tmp_path / "dashboard.log")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{dashboard.url}api/task/some-id", timeout=10)
+        assert answer.value.code == 404 and "no state store" in json.load(answer.value)["error"]
+    finally:
+        dashboard.stop()

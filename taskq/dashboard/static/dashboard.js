@@ -19,6 +19,9 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A task id as a link to its page (the state store's record: /task/ID).
+function taskLink(id) { return el("a", { href: `/task/${encodeURIComponent(id)}`, class: "task-link" }, id); }
+
 function show(value) { return value === null || value === undefined ? "–" : String(value); }
 
 function setBadge(node, state, text) { node.dataset.state = state; node.textContent = text; }
@@ -85,7 +88,7 @@ function renderQueues() {
 function renderWorkers(workers, now) {
   const rows = workers.map((w) => el("tr", { "data-pid": w.pid },
     el("td", {}, w.host), el("td", {}, w.pid), el("td", {}, w.ppid), el("td", {}, w.queues.join(", ")),
-    el("td", { class: "current" }, w.current ? `${w.current.task} [${w.current.task_id}]` : "idle"),
+    el("td", { class: "current" }, w.current ? el("span", {}, `${w.current.task} [`, taskLink(w.current.task_id), "]") : "idle"),
     el("td", { class: "done" }, w.done), el("td", { class: "failed" }, w.failed),
     el("td", {}, `${Math.max(0, now - w.last_seen).toFixed(1)} s ago`)));
   $("#workers tbody").replaceChildren(...rows);
@@ -134,7 +137,7 @@ function renderFailures(failures) {
   if (key === lastFailures) return; // leave the buttons alone unless something changed
   lastFailures = key;
   const items = failures.map((f) => el("div", { class: "failure", "data-task-id": f.task_id, "data-queue": f.queue },
-    el("div", {}, el("strong", {}, f.task), el("span", { class: "args" }, `(${f.args})`), " ", el("span", { class: "muted" }, `[${f.task_id}] in ${f.queue}, ${f.reason}`
+    el("div", {}, el("strong", {}, f.task), el("span", { class: "args" }, `(${f.args})`), " ", el("span", { class: "muted" }, "[", taskLink(f.task_id), `] in ${f.queue}, ${f.reason}`
       + (f.attempts !== null ? `, ${f.attempts} attempt(s)` : "")), " ",
       el("button", { class: "replay-one", onclick: () => act("/api/replay", { queue: f.queue, task_id: f.task_id }) }, "Replay")),
     el("div", { class: "exc" }, f.exc_type ? `${f.exc_type}: ${f.exc_message}` : f.detail),
@@ -197,4 +200,9 @@ function connect() {
 
 // "last seen" keeps ageing between pushes.
 setInterval(() => { if (lastState) renderWorkers(lastState.workers, Date.now() / 1000 + clockOffset); }, 1000);
+$("#task-search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const id = $("#task-id").value.trim();
+  if (id) window.location.href = `/task/${encodeURIComponent(id)}`;
+});
 connect();
