@@ -48,6 +48,7 @@ def names(broker_url: str):
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for name in (queue, queue + ".dead", topology.last_tick_queue(app_name, "tick").name,
+                     topology.last_tick_queue(app_name, "ghost").name, topology.scheduler_leader_queue(app_name).name,
                      topology.scheduler_lease_queue(app_name).name):
             try:
                 channel.queue_delete(name)
@@ -226,6 +227,3 @@ def test_a_schedule_of_an_unknown_task_is_dead_lettered(broker_url, names, start
             assert "unknown-task" in str(message.headers)
     finally:
         run.kill()
-    cleanup = topology.last_tick_queue(app_name, "ghost").name
-    with Connection(broker_url) as connection:
-        connection.channel().queue_delete(cleanup)
