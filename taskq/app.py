@@ -10,11 +10,12 @@ import os
 import sys
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from kombu.entity import Queue
 
-from taskq import delay, routing, settings, topology
+from taskq import delay, routing, schedules, settings, topology
 from taskq.broker import Broker, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
@@ -91,6 +92,7 @@ class App:
         if self.results is not None:  # last: it records what the others decided
             self.middleware.append(StateRecorder(self.results.store))
         self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py); reads the hooks above
+        self.schedules: dict[str, schedules.Schedule] = {}  # fired by `taskq scheduler` (taskq/scheduler.py)
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
@@ -218,6 +220,31 @@ class App:
             return task
 
         return register(function) if function is not None else register
+
+    def periodic(self, *, every: float | timedelta | None = None, cron: str | None = None, timezone: str | None = None,
+                 args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, priority: int | None = None,
+                 catch_up: str = "once", **task_options: Any) -> Callable[[Callable[Params, Returns]], Task[Params, Returns]]:
+        """Make a function a task and schedule it: ``@app.periodic(every=30)``, ``@app.periodic(cron="0 3 * * *",
+        timezone="Europe/Paris")``; the other options are ``@app.task``'s (docs/periodic.md)."""
+        when: dict[str, Any] = {"every": every, "cron": cron, "timezone": timezone, "catch_up": catch_up, "args": args, "kwargs": kwargs,
+                "priority": priority}
+        schedules.make_schedule("check", **when)  # now: a bad schedule fails at decoration and leaves no task behind
+
+        def register(fn: Callable[Params, Returns]) -> Task[Params, Returns]:
+            task: Task[Params, Returns] = self.task(**task_options)(fn)
+            self.schedule(task, **when)
+            return task
+
+        return register
+
+    def schedule(self, task: Task[..., Any] | str, **schedule: Any) -> schedules.Schedule:
+        """Fire an existing task (or a task name) on a schedule: ``every=``/``cron=``, ``timezone``, ``args``,
+        ``kwargs``, ``queue``, ``priority``, ``catch_up`` (``"once"``, ``"all"``, ``"skip"``), ``name``."""
+        entry = schedules.make_schedule(task if isinstance(task, str) else task.options.name, **schedule)
+        if entry.name in self.schedules:
+            raise ConfigurationError(f"two schedules are named {entry.name!r} (give one name=)")
+        self.schedules[entry.name] = entry
+        return entry
 
     # -- middleware and hooks --------------------------------------------------------------
 

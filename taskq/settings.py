@@ -87,6 +87,16 @@ WORKER_REFUSED_ATTEMPTS = 3
 #: Seconds: a child that died younger than this is replaced only after this pause (no fork loop).
 WORKER_RESTART_PAUSE = 1.0
 
+# -- the scheduler (taskq.scheduler) -----------------------------------------------------
+
+#: Seconds: AMQP heartbeat of a scheduler's lease connection. A leader whose machine died
+#: (no closed socket) loses its lease after two missed beats; a killed process, at once.
+SCHEDULER_HEARTBEAT = 2.0
+#: Seconds between a follower's tries at the lease: with a killed leader, the takeover time.
+SCHEDULER_LEASE_POLL = 0.5
+#: Seconds a leader waits at most between looks at its schedules (and its connection).
+SCHEDULER_TICK = 0.25
+
 # -- broadcasting from a worker child (taskq.events; each has a TASKQ_* variable) ----------
 
 #: Seconds between a child's ``worker.heartbeat`` events (``$TASKQ_HEARTBEAT_INTERVAL``).

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlparse
 
-from taskq import settings, topology
+from taskq import scheduler, settings, topology
 from taskq.broker import queue_counts
 from taskq.local_node import node_names_to_try, node_short_name_serving
 from taskq.subscriber import Subscription, records
@@ -77,6 +77,8 @@ class Status:
     counts_from: str
     listened: float
     notes: list[str] = field(default_factory=list)
+    schedules: list[scheduler.ScheduleReport] = field(default_factory=list)  # only an app with schedules
+    scheduler_leader: scheduler.LeaderReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,12 +227,14 @@ def collect_status(
         notes.append(f"not using rabbitmqctl: {run}")
     run = run if isinstance(run, RabbitmqctlRun) else None
     workers = listen_for_workers(app, listen, should_stop=should_stop)
+    schedules, leader = scheduler.report(app) if app.schedules else ([], None)
     queues = finish_rabbitmqctl(run, names) if run is not None else None
     if queues is not None:
-        return Status(queues, workers, "rabbitmqctl", listen, notes)
+        return Status(queues, workers, "rabbitmqctl", listen, notes, schedules, leader)
     if run is not None:
         notes.append("rabbitmqctl failed; fell back to AMQP")
-    return Status(amqp_counts(app, names, workers), workers, "amqp (unacked estimated from worker heartbeats)", listen, notes)
+    return Status(amqp_counts(app, names, workers), workers, "amqp (unacked estimated from worker heartbeats)", listen, notes,
+                  schedules, leader)
 
 
 def report_lines(report: Status, app_name: str, listen: float, now: float) -> list[str]:
@@ -249,4 +253,18 @@ def report_lines(report: Status, app_name: str, listen: float, now: float) -> li
             f"  {w.host} pid {w.pid} (worker {w.ppid}, concurrency {w.concurrency}): {current}; "
             f"done {w.done}, failed {w.failed}; last seen {now - w.last_seen:.1f} s ago"
         )
+    if report.scheduler_leader is not None:
+        lines += schedule_lines(report.schedules, report.scheduler_leader)
+    return lines
+
+
+def schedule_lines(schedules: list[scheduler.ScheduleReport], leader: scheduler.LeaderReport) -> list[str]:
+    """Who leads the app's schedulers, then one line per schedule (times in UTC)."""
+    taken = f"{leader.host} pid {leader.pid}, since {leader.since}" if leader.host else None
+    if leader.held:
+        lines = [f"scheduler leader: {taken or 'held (no record of whom)'}"]
+    else:
+        lines = ["scheduler leader: none (the lease is free" + (f"; the last was {taken})" if taken else ")")]
+    for entry in schedules:
+        lines.append(f"  {entry.name} ({entry.when}) -> {entry.task}: next {entry.next_run}, last fired {entry.last_fired or 'never'}")
     return lines

@@ -123,3 +123,46 @@ def subscriber_queue(exchange: Exchange, binding_keys: list[str], *, max_length:
     return Queue(
         name, bindings=bindings, durable=False, exclusive=True, auto_delete=True, queue_arguments=arguments
     )
+
+
+# -- the scheduler (taskq/scheduler.py) -------------------------------------------------
+
+SCHEDULER_EXCHANGE = "taskq.scheduler"
+
+
+def scheduler_exchange() -> Exchange:
+    """Where a scheduler fires: one publish, routed both to the task's queue and to the
+    schedule's last-tick queue, so a tick is in both or in neither (no window between a
+    fire and its record for a crash to fall into)."""
+    return Exchange(SCHEDULER_EXCHANGE, type="direct", durable=True)
+
+
+def scheduler_routing_key(app_name: str, schedule_name: str) -> str:
+    return f"{app_name}.{schedule_name}"
+
+
+def scheduler_lease_queue(app_name: str) -> Queue:
+    """The leader's lease: exclusive, so one connection at a time may declare it; the broker
+    deletes it when that connection dies (closed socket, or missed heartbeats), and the next
+    scheduler's declaration succeeds."""
+    name = f"taskq.scheduler.{app_name}.lease"
+    return Queue(name, routing_key=name, durable=False, exclusive=True, auto_delete=False)
+
+
+def last_tick_queue(app_name: str, schedule_name: str, queue_type: str = "classic") -> Queue:
+    """The last message a schedule fired, kept durably: ``x-max-length`` 1 with ``drop-head``,
+    so each fire replaces the one before; never consumed, only peeked at by a new leader."""
+    name = f"taskq.scheduler.{app_name}.last.{schedule_name}"
+    arguments: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "drop-head"}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    key = scheduler_routing_key(app_name, schedule_name)
+    return Queue(name, exchange=scheduler_exchange(), routing_key=key, durable=True, queue_arguments=arguments)
+
+
+def scheduler_leader_queue(app_name: str) -> Queue:
+    """Who took the lease last (host, pid, since), for ``taskq status``: max-length 1, each
+    new leader's record replaces the one before. Not the lease itself, which only the
+    exclusive queue is; a record whose lease is gone names a leader that died."""
+    name = f"taskq.scheduler.{app_name}.leader"
+    return Queue(name, routing_key=name, durable=True, queue_arguments={"x-max-length": 1, "x-overflow": "drop-head"})

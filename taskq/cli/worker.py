@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     "--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
     help="Serve all children's Prometheus metrics at http://HOST:PORT/metrics (the metrics extra).",
 )
+@click.option("--scheduler", "with_scheduler", is_flag=True, help="Also run a scheduler for the app's @app.periodic schedules.")
 def worker(
     app_path: str, queues: str | None, concurrency: int | None, broker: str | None,
-    loglevel: str, log_format: str, heartbeat: float | None, metrics_port: int | None,
+    loglevel: str, log_format: str, heartbeat: float | None, metrics_port: int | None, with_scheduler: bool = False,
 ) -> None:
     """Run tasks: a supervisor and N child processes, prefetch 1, ack after each task."""
     from taskq.worker.supervisor import Supervisor, WorkerOptions
@@ -55,7 +56,10 @@ def worker(
             app.heartbeat = heartbeat
         if metrics is not None:
             metrics.add_to(app)
-        options = WorkerOptions(queues=queue_names_option(queues, app), concurrency=concurrency or os.cpu_count() or 1)
+        if with_scheduler and not app.schedules:
+            raise UserError(f"--scheduler: app {app.name!r} has no schedules (@app.periodic or app.schedule)")
+        options = WorkerOptions(queues=queue_names_option(queues, app), concurrency=concurrency or os.cpu_count() or 1,
+                                scheduler=with_scheduler)
         try:
             supervisor = Supervisor(app, options, metrics)
         except ConfigurationError as exc:
@@ -77,6 +81,13 @@ def start_metrics(port: int) -> MetricsExport:
         raise UserError(str(exc)) from None
 
 
+def scheduler_banner(app: App) -> str:
+    from taskq.scheduler import schedule_lines
+
+    lines = "".join(f"    . {line}\n" for line in schedule_lines(app))
+    return f"  scheduler:   one more process; fires if it holds the app's lease (docs/periodic.md)\n{lines}"
+
+
 def banner(app: App, options: WorkerOptions, metrics: MetricsExport | None = None) -> str:
     tasks = "\n".join(f"    . {name}" for name in sorted(app.tasks)) or "    (none)"
     broker = app.broker.masked_url
@@ -91,5 +102,6 @@ def banner(app: App, options: WorkerOptions, metrics: MetricsExport | None = Non
         f"  concurrency: {options.concurrency} (prefetch 1 each, ack after run)\n"
         + (f"  metrics:     {metrics.url} (all children; PROMETHEUS_MULTIPROC_DIR={metrics.directory})\n"
            if metrics is not None else "")
+        + (scheduler_banner(app) if options.scheduler else "")
         + f"  tasks:\n{tasks}"
     )

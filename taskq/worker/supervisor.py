@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from taskq import settings
 from taskq.app import App
 from taskq.worker.child import EXIT_BROKER_UNUSABLE, child_main
 from taskq.worker.limits import EXIT_TIME_LIMIT
+from taskq.worker.parent_death import die_with_parent
 
 if TYPE_CHECKING:
     from taskq.worker.metrics_export import MetricsExport
@@ -35,12 +37,14 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 class WorkerOptions:
     queues: list[str]
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)
+    scheduler: bool = False  # also run one scheduler process (taskq/scheduler.py) beside the children
 
 
 @dataclass
 class ChildProcess:
     process: Any  # multiprocessing.Process
     started_at: float
+    scheduler: bool = False  # the --scheduler process, not a worker child
 
 
 class Supervisor:
@@ -70,6 +74,8 @@ class Supervisor:
                 if self.signals_received:
                     break  # told to stop while still starting: don't start more
                 self._start_child()
+            if self.options.scheduler and not self.signals_received:
+                self._start_child(scheduler=True)
             while self.children:
                 sentinels = {child.process.sentinel: pid for pid, child in self.children.items()}
                 ready = multiprocessing.connection.wait([*sentinels, wakeup_read], timeout=5.0)
@@ -94,10 +100,11 @@ class Supervisor:
             for child in self.children.values():
                 self._signal_child(child, signal.SIGTERM)
 
-    def _start_child(self) -> None:
+    def _start_child(self, scheduler: bool = False) -> None:
         # Always from the main thread: a child dies with the thread that forked it
         # (PR_SET_PDEATHSIG, parent_death.py), which must live as long as the supervisor.
-        process = self._context.Process(target=self._child_main, args=(os.getpid(),), name="taskq-child", daemon=False)
+        target, name = (self._scheduler_main, "taskq-scheduler") if scheduler else (self._child_main, "taskq-child")
+        process = self._context.Process(target=target, args=(os.getpid(),), name=name, daemon=False)
         # Fork with SIGTERM/SIGINT blocked: a signal arriving before the child installed
         # its own handlers would otherwise run the supervisor's handler in the child.
         # The child unblocks them once its handlers are in place (child_main).
@@ -107,7 +114,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         assert process.pid is not None  # started: it has one
-        self.children[process.pid] = ChildProcess(process, time.monotonic())
+        self.children[process.pid] = ChildProcess(process, time.monotonic(), scheduler)
         log.debug("child started", child_pid=process.pid)
 
     def _child_main(self, supervisor_pid: int) -> None:
@@ -115,6 +122,20 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.forget_in_child()
         child_main(self.app, self.options.queues, supervisor_pid)
+
+    def _scheduler_main(self, supervisor_pid: int) -> None:
+        """In the forked scheduler process: one more candidate for the app's scheduler lease
+        (docs/periodic.md), which dies with the supervisor like a child and stops on SIGTERM."""
+        from taskq.scheduler import Scheduler
+
+        die_with_parent(supervisor_pid)
+        self.app.forget_connections_after_fork()
+        stop = threading.Event()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda *_: stop.set())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        Scheduler(self.app, should_stop=stop).run()
+        os._exit(0)
 
     def _reap(self, pid: int) -> None:
         child = self.children.pop(pid)
@@ -138,7 +159,7 @@ class Supervisor:
             log.warning("child died, starting another", child_pid=pid, exitcode=exitcode)
         if time.monotonic() - child.started_at < settings.WORKER_RESTART_PAUSE:
             time.sleep(settings.WORKER_RESTART_PAUSE)  # don't fork-bomb on a child that dies at start
-        self._start_child()
+        self._start_child(scheduler=child.scheduler)
 
     def _kill_children(self) -> None:
         for child in self.children.values():
