@@ -132,23 +132,32 @@ class LeaderReport:
 
 
 def report(app: App, now: datetime | None = None) -> tuple[list[ScheduleReport], LeaderReport]:
-    """The app's schedules (next run, last fired) and its leader, read off the broker.
+    """``report_on`` on a connection of its own."""
+    with app.broker.connect() as connection:
+        return report_on(connection, app, now)
 
-    Peeks at the last-tick and leader queues (see read_last_tick): safe beside a running leader.
+
+def report_on(connection: Connection, app: App, now: datetime | None = None) -> tuple[list[ScheduleReport], LeaderReport]:
+    """The app's schedules (next run, last fired) and its leader, read off the broker on the
+    caller's connection (a dashboard calls it every few seconds): every channel it opens is
+    closed before it returns.
+
+    Reads the readers' copies (the schedule-status and leader queues), never the last-tick
+    queue: a peek hides a message, and a leader taking over behind one would resume from "now".
     """
     moment = now or datetime.now(UTC)
     schedules = []
-    with app.broker.connect() as connection:
+    with _Channels(connection) as channels:
         for schedule, next_run in next_runs(app, moment):
-            last_queue = topology.last_tick_queue(app.name, schedule.name, app.queue_type)
-            last = read_last_tick(connection.channel(), last_queue) if _exists(connection, last_queue) else None
+            seen = topology.schedule_status_queue(app.name, schedule.name, app.queue_type)
+            last = read_last_tick(channels.current, seen) if channels.exists(seen) else None
             schedules.append(ScheduleReport(
                 schedule.name, schedule.task, schedule.trigger.describe(), schedule.catch_up,
                 next_run.isoformat(), last.isoformat() if last else None,
             ))
-        leader = LeaderReport(held=_exists(connection, topology.scheduler_lease_queue(app.name)))
+        leader = LeaderReport(held=channels.exists(topology.scheduler_lease_queue(app.name)))
         record_queue = topology.scheduler_leader_queue(app.name)
-        message = record_queue(connection.channel()).get(no_ack=False) if _exists(connection, record_queue) else None
+        message = record_queue(channels.current).get(no_ack=False) if channels.exists(record_queue) else None
         if message is not None:
             try:
                 record = unpack(message_body(message.body))
@@ -159,15 +168,31 @@ def report(app: App, now: datetime | None = None) -> tuple[list[ScheduleReport],
     return schedules, leader
 
 
-def _exists(connection: Connection, queue: Any) -> bool:
-    """Whether the broker has the queue, without creating it (status must not declare queues)."""
-    try:
-        queue(connection.channel()).queue_declare(passive=True)
-    except ResourceLocked:  # RabbitMQ: an exclusive queue (the lease), held by another connection
+class _Channels:
+    """One channel at a time on a caller's connection, replaced when the broker closes it (a
+    passive declare of a missing queue does), and closed on exit: a reader leaks none."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.current: Any = None
+
+    def __enter__(self) -> _Channels:
+        self.current = self.connection.channel()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.current.close()
+
+    def exists(self, queue: Any) -> bool:
+        """Whether the broker has the queue, without creating it (readers must not declare queues)."""
+        try:
+            queue(self.current).queue_declare(passive=True)
+        except (ResourceLocked, *self.connection.channel_errors) as exc:  # the broker closed this channel
+            self.current.close()
+            self.current = self.connection.channel()
+            # ResourceLocked: RabbitMQ's answer for an exclusive queue (the lease) held by another connection.
+            return isinstance(exc, ResourceLocked)
         return True
-    except connection.channel_errors:  # 404, which closed that channel
-        return False
-    return True
 
 
 class Scheduler:
@@ -286,6 +311,7 @@ class Scheduler:
         self.app.dead_letter_queue(queue_name)(channel).declare()
         channel.queue_bind(queue=queue_name, exchange=topology.SCHEDULER_EXCHANGE, routing_key=key)
         topology.last_tick_queue(self.app.name, schedule.name, self.app.queue_type)(channel).declare()
+        topology.schedule_status_queue(self.app.name, schedule.name, self.app.queue_type)(channel).declare()
 
     def _fire(self, connection: Connection, channel: Any, schedule: Schedule, tick: datetime) -> None:
         """One tick: one confirmed publish on the lease's connection. Raises if unconfirmed, and the

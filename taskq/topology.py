@@ -151,8 +151,19 @@ def scheduler_lease_queue(app_name: str) -> Queue:
 
 def last_tick_queue(app_name: str, schedule_name: str, queue_type: str = "classic") -> Queue:
     """The last message a schedule fired, kept durably: ``x-max-length`` 1 with ``drop-head``,
-    so each fire replaces the one before; never consumed, only peeked at by a new leader."""
-    name = f"taskq.scheduler.{app_name}.last.{schedule_name}"
+    so each fire replaces the one before; never consumed, only peeked at by a new leader.
+    Readers never touch it (they read ``schedule_status_queue``): a peek hides the message,
+    and a leader taking over behind a reader's peek would think the schedule never fired."""
+    return _newest_fire_queue(f"taskq.scheduler.{app_name}.last.{schedule_name}", app_name, schedule_name, queue_type)
+
+
+def schedule_status_queue(app_name: str, schedule_name: str, queue_type: str = "classic") -> Queue:
+    """The readers' copy of the last fire (``taskq status``, the dashboard): bound like the
+    last-tick queue, so the same publish lands in it, and peeked at by anyone who asks."""
+    return _newest_fire_queue(f"taskq.scheduler.{app_name}.seen.{schedule_name}", app_name, schedule_name, queue_type)
+
+
+def _newest_fire_queue(name: str, app_name: str, schedule_name: str, queue_type: str) -> Queue:
     arguments: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "drop-head"}
     if queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"

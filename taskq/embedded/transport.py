@@ -513,8 +513,12 @@ class Transport(virtual.Transport):
         self.serial = next(_serials)
         self._bell: WakeSocket | None = None
         self._draining_thread: int | None = None
-        self._next_reap = 0.0
-        self._next_expiry_check = 0.0
+        # Monotonic instants of the last reap and the last look for due messages. Compared as
+        # time elapsed in either direction (``_elapsed``), so a clock that jumps (freezegun in a
+        # test freezes time.monotonic in every thread, this drain loop's too) counts as time up
+        # instead of pushing the next look decades away.
+        self._last_reap: float | None = None
+        self._last_expiry_check: float | None = None
         self._due_hint: float | None = None  # Unix time the next message anywhere expires
 
     def driver_version(self) -> str:
@@ -549,9 +553,8 @@ class Transport(virtual.Transport):
             self._bell.ring([self._bell.address] if self._bell.address else [])
 
     def reap_dead_owners(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now >= self._next_reap:
-            self._next_reap = now + REAP_EVERY_SECONDS
+        if force or _elapsed(self._last_reap) >= REAP_EVERY_SECONDS:
+            self._last_reap = time.monotonic()
             self.store.check_file()
             self.wake(self.store.reap_dead_owners())
             self.move_due()  # a dead owner's message may be past its delivery limit
@@ -562,8 +565,7 @@ class Transport(virtual.Transport):
 
         Any process does this for all queues: nobody consumes a delay queue.
         """
-        recheck = EXPIRY_RECHECK_SECONDS if self.bell.reliable else EXPIRY_RECHECK_WITHOUT_BELL_SECONDS
-        self._next_expiry_check = time.monotonic() + recheck
+        self._last_expiry_check = time.monotonic()
         for _ in range(MOST_PASSES_PER_CALL):
             due = self._due_hint = self.store.next_due()
             if due is None or due > deadletter.now():
@@ -577,7 +579,11 @@ class Transport(virtual.Transport):
     def expiry_due(self) -> bool:
         """Whether to look for due messages now; cheap, no database."""
         due = self._due_hint
-        return (due is not None and deadletter.now() >= due) or time.monotonic() >= self._next_expiry_check
+        return (due is not None and deadletter.now() >= due) or self._until_expiry_check() <= 0
+
+    def _until_expiry_check(self) -> float:
+        recheck = EXPIRY_RECHECK_SECONDS if self.bell.reliable else EXPIRY_RECHECK_WITHOUT_BELL_SECONDS
+        return recheck - _elapsed(self._last_expiry_check)
 
     def announce_due(self, due: float) -> None:
         """A message expiring at ``due`` was stored: if it is now the first to expire,
@@ -607,7 +613,7 @@ class Transport(virtual.Transport):
             if deadline is not None and now >= deadline:
                 raise socket.timeout()
             wait = self.polling_interval if deadline is None else min(self.polling_interval, deadline - now)
-            wait = min(wait, self._next_expiry_check - now)
+            wait = min(wait, max(self._until_expiry_check(), 0.0))
             if self._due_hint is not None:  # wake when the next message anywhere expires
                 wait = min(wait, self._due_hint - deadletter.now())
             bell.wait(wait)
@@ -640,3 +646,8 @@ class Transport(virtual.Transport):
         self._avail_channels = []
         self._callbacks = {}
         self._bell = None
+
+
+def _elapsed(since: float | None) -> float:
+    """Seconds since a monotonic instant, whichever way the clock moved; infinite if never."""
+    return float("inf") if since is None else abs(time.monotonic() - since)

@@ -48,6 +48,7 @@ def names(broker_url: str):
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for name in (queue, queue + ".dead", topology.last_tick_queue(app_name, "tick").name,
+                     topology.schedule_status_queue(app_name, "tick").name,
                      topology.last_tick_queue(app_name, "ghost").name, topology.scheduler_leader_queue(app_name).name,
                      topology.scheduler_lease_queue(app_name).name):
             try:
@@ -227,3 +228,72 @@ def test_a_schedule_of_an_unknown_task_is_dead_lettered(broker_url, names, start
             assert "unknown-task" in str(message.headers)
     finally:
         run.kill()
+
+
+def test_a_reader_holding_a_peek_at_takeover_costs_no_tick(scheduler_run, broker_url, monkeypatch):
+    """A reader (taskq status, the dashboard) holds its peek open while the leader is SIGKILLed
+    and a successor takes over a tick later: the successor must still find the last fire and
+    fire the missed tick. (Reading the last-tick queue itself, it found it hidden and lost it.)"""
+    import threading
+
+    from kombu.message import Message
+
+    from taskq import App, scheduler
+
+    run = scheduler_run
+    app = App(run.env["TASKQ_TEST_SCHEDULER_APP"], broker=broker_url)
+    app.schedule("tests.support.scheduler_app.tick", every=1, catch_up="all", name="tick")
+    held, release = threading.Event(), threading.Event()
+    requeue = Message.requeue
+
+    def held_requeue(message):  # the reader stops here, its peek not yet given back
+        held.set()
+        release.wait(60)
+        requeue(message)
+
+    run.start(1)
+    wait_until(lambda: len(run.runs()) >= 3, what="three ticks run")
+    monkeypatch.setattr(Message, "requeue", held_requeue)
+    reader = threading.Thread(target=scheduler.report, args=(app,), daemon=True)
+    reader.start()
+    assert held.wait(30), "the reader never peeked"
+    run.schedulers[0].send_signal(signal.SIGKILL)
+    run.schedulers[0].wait(10)
+    last = max(fired_tick(tick_id) for tick_id in run.runs())
+    wait_until(lambda: datetime.now(last.tzinfo) > last + timedelta(seconds=2), what="a tick missed by no leader")
+    run.start(1)
+    wait_until(lambda: 1 in run.leaders(), what="the successor to lead")
+    before = len(run.runs())
+    wait_until(lambda: len(run.runs()) >= before + 3, what="three more ticks run")
+    release.set()
+    reader.join(30)
+    run.stop()
+    run.ticks_each_run_once()
+
+
+def test_reading_the_schedules_every_few_seconds_leaks_no_channel(scheduler_run, broker_url):
+    """A dashboard calls report_on on its one connection again and again: each call closes what it opened."""
+    from taskq import App, scheduler
+
+    run = scheduler_run
+    app = App(run.env["TASKQ_TEST_SCHEDULER_APP"], broker=broker_url)
+    app.schedule("tests.support.scheduler_app.tick", every=1, catch_up="all", name="tick")
+    run.start(1)
+    wait_until(lambda: len(run.runs()) >= 2, what="two ticks run")
+    with app.broker.connect() as connection:
+        scheduler.report_on(connection, app)  # the first call may leave kombu's own channel pool set up
+        before = open_channels(connection)
+        for _ in range(5):
+            schedules, leader = scheduler.report_on(connection, app)
+            assert leader.held and schedules[0].last_fired is not None
+        assert open_channels(connection) == before
+
+
+def open_channels(connection: Connection) -> int:
+    """The channels of this connection as the broker sees them (rabbitmqctl), or the embedded transport's."""
+    if connection.transport.driver_type != "amqp":
+        return len(connection.transport.channels)
+    from tests.support.cli_helpers import rabbitmqctl_rows
+
+    port = connection.connection.sock.getsockname()[1]
+    return sum(1 for row in rabbitmqctl_rows("list_channels", "name") if f":{port} ->" in row["name"])
