@@ -184,3 +184,29 @@ def test_a_chord_callback_runs_once_though_member_children_are_killed(
     assert crashed.exists(), "the crash after the join never happened: the test proved nothing"
     wait_until(lambda: _ready(wf_app, queue_name) == 0, timeout=30, what="the queue drained")
     assert runs(callbacks) == [repr(list(range(6)))]
+
+
+# -- the stores' join and claim ---------------------------------------------------------------
+
+
+def test_the_sqlite_and_redis_stores_join_idempotently_and_claim_once(tmp_path):
+    import uuid
+
+    import redis
+
+    from taskq.state.redis import RedisStore
+    from taskq.state.sqlite import SQLiteStore
+    from tests.unit.test_workflows_unit import check_join_and_claim
+
+    check_join_and_claim(SQLiteStore(str(tmp_path / "results.db")))
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip("Redis at 127.0.0.1:6379 is unreachable")
+    prefix = f"taskq-test:{uuid.uuid4().hex[:12]}:"
+    check_join_and_claim(RedisStore(url, prefix=prefix, retention=60))
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
