@@ -1,11 +1,13 @@
 """taskq: background jobs on RabbitMQ — durable queues, fair dispatch, results over RPC."""
 
 from taskq.app import App
+from taskq.canvas import GroupResult, Signature, chain, chord, group
 from taskq.context import current
 from taskq.errors import (
     BrokerError,
     ConfigurationError,
     EncodeError,
+    GroupError,
     PublishError,
     ResultLost,
     Retry,
@@ -31,9 +33,12 @@ __all__ = [
     "ConfigurationError",
     "Delivery",
     "EncodeError",
+    "GroupError",
+    "GroupResult",
     "Middleware",
     "PublishError",
     "ResultLost",
+    "Signature",
     "Retry",
     "SoftTimeLimitExceeded",
     "StateStoreError",
@@ -44,6 +49,9 @@ __all__ = [
     "TaskqError",
     "TimeLimitExceeded",
     "Unroutable",
+    "chain",
+    "chord",
     "current",
     "get_logger",
+    "group",
 ]

@@ -23,6 +23,7 @@ from taskq.middleware import Middleware, default_middleware
 from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.pipeline import task_settings
 from taskq.middleware.state_store import StateRecorder
+from taskq.middleware.workflows import Workflows
 from taskq.producer import Producer
 from taskq.results import AsyncResult
 from taskq.state import Results, StateStore, StoredResult
@@ -89,6 +90,9 @@ class App:
         self.middleware: list[Middleware] = list(default_middleware() if middleware is None else middleware)
         self._app_hooks: AppHooks | None = None
         self.results = Results(results, lambda: self.broker.url) if results is not None else None
+        # Every app continues workflows (a message may carry one); before the recorder, which records its decision.
+        self.middleware.append(Workflows(self.results.store if self.results is not None else None,
+                                         lambda name: (self.queue(name), self.dead_letter_queue(name))))
         if self.results is not None:  # last: it records what the others decided
             self.middleware.append(StateRecorder(self.results.store))
         self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py); reads the hooks above

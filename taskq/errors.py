@@ -9,6 +9,8 @@ them as RabbitMQ's own, and this module imports no library.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TaskqError(Exception):
     """Base of every error taskq raises on purpose."""
@@ -89,12 +91,27 @@ class TaskError(TaskqError):
         exc_message: str,
         remote_traceback: str = "",
         task_id: str | None = None,
+        step: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(f"{exc_type}: {exc_message}")
+        where = f" (workflow step {step.get('index')}, {step.get('task')})" if step else ""
+        super().__init__(f"{exc_type}: {exc_message}{where}")
         self.exc_type = exc_type
         self.exc_message = exc_message
         self.remote_traceback = remote_traceback
         self.task_id = task_id
+        #: In a chain or chord, the step that failed: ``{"index": 1, "task": "shop.charge"}``; else None.
+        self.step = step
+
+
+class GroupError(TaskqError):
+    """Members of a group (or a chord's header) failed: ``results`` holds, per member in order,
+    its result or its TaskError, so partial failure is reported member by member."""
+
+    def __init__(self, results: list[Any]) -> None:
+        failed = [index for index, result in enumerate(results) if isinstance(result, TaskError)]
+        super().__init__(f"{len(failed)} of {len(results)} group members failed (members {failed[:10]})")
+        self.results = results
+        self.failed = failed
 
 
 class ResultLost(TaskqError):

@@ -64,9 +64,19 @@ class TaskMessage:
     expires_at: float | None = None  # wall-clock epoch seconds; None never expires
     attempts: int = 0  # how many times this task already ran and failed
     eta: float | None = None  # wall-clock epoch seconds before which it must not run; None: now
+    #: What comes after this task in a chain, group or chord (taskq/continuation.py), or None.
+    workflow: dict[str, Any] | None = None
+    #: The id the reply is matched by, if not this task's own: a chain's steps reply as the chain.
+    correlation_id: str | None = None
+
+    @property
+    def reply_id(self) -> str:
+        return self.correlation_id or self.id
 
     def body(self) -> bytes:
-        return pack({"args": list(self.args), "kwargs": self.kwargs})
+        if self.workflow is None:
+            return pack({"args": list(self.args), "kwargs": self.kwargs})
+        return pack({"args": list(self.args), "kwargs": self.kwargs, "workflow": self.workflow})
 
     def headers(self) -> dict[str, Any]:
         headers: dict[str, Any] = {"task": self.task, "id": self.id, "attempts": self.attempts}
@@ -113,9 +123,15 @@ def decode_task(
         raise InvalidMessage("malformed-body", "'args' must be a list and 'kwargs' a map")
     if not all(isinstance(key, str) for key in kwargs):
         raise InvalidMessage("malformed-body", "the keys of 'kwargs' must be strings")
+    workflow = payload.get("workflow")
+    if workflow is not None and not isinstance(workflow, dict):
+        raise InvalidMessage("malformed-body", "'workflow' must be a map")
     reply_to = properties.get("reply_to") or None
     if reply_to is not None and not isinstance(reply_to, str):
         raise InvalidMessage("invalid-header", f"the reply_to property must be a string, not {type(reply_to).__name__}")
+    correlation_id = properties.get("correlation_id") or None
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise InvalidMessage("invalid-header", "the correlation_id property must be a string")
     return TaskMessage(
         id=task_id(headers, properties),
         task=name,
@@ -125,6 +141,8 @@ def decode_task(
         expires_at=epoch_seconds(headers, "expires_at"),
         attempts=attempt_count(headers),
         eta=epoch_seconds(headers, "eta"),
+        workflow=workflow,
+        correlation_id=correlation_id,
     )
 
 
@@ -182,18 +200,21 @@ class Reply:
     exc_type: str = ""
     exc_message: str = ""
     traceback: str = ""
+    #: The workflow step that failed: ``{"index": 1, "task": "shop.charge"}`` (chains, chords).
+    step: dict[str, Any] | None = None
 
     def body(self) -> bytes:
         if self.ok:
             return pack({"ok": True, "result": self.result})
-        return pack(
-            {
-                "ok": False,
-                "exc_type": self.exc_type,
-                "exc_message": self.exc_message,
-                "traceback": self.traceback,
-            }
-        )
+        failed: dict[str, Any] = {
+            "ok": False,
+            "exc_type": self.exc_type,
+            "exc_message": self.exc_message,
+            "traceback": self.traceback,
+        }
+        if self.step is not None:
+            failed["step"] = self.step
+        return pack(failed)
 
 
 def decode_reply(task_id: str, body: bytes) -> Reply:
@@ -206,4 +227,5 @@ def decode_reply(task_id: str, body: bytes) -> Reply:
         exc_type=str(payload.get("exc_type", "Exception")),
         exc_message=str(payload.get("exc_message", "")),
         traceback=str(payload.get("traceback", "")),
+        step=payload["step"] if isinstance(payload.get("step"), dict) else None,
     )

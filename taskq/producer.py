@@ -54,8 +54,8 @@ class Producer:
             # persistent message costs the broker (benchmarks.md).
             listener = self.reply_listener()
             properties["reply_to"] = listener.reply_to(budget)
-            properties["correlation_id"] = message.id
-            listener.expect(message.id)
+            properties["correlation_id"] = message.reply_id  # a workflow's steps reply as the workflow
+            listener.expect(message.reply_id)
             message = replace(message, reply_to=properties["reply_to"])
         if priority is not None:
             properties["priority"] = priority
@@ -80,9 +80,9 @@ class Producer:
             app.broker.publish(message.body(), headers=headers, budget=budget, **target, **properties)
         except BaseException:
             if listener is not None:
-                listener.forget(message.id)
+                listener.forget(message.reply_id)
             raise
-        return AsyncResult(message.id, message.task, listener)
+        return AsyncResult(message.reply_id, message.task, listener)
 
     def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool) -> list[AsyncResult[Any]]:
         """``App.send_many``: see there."""

@@ -243,4 +243,4 @@ class AsyncResult(Generic[Result]):
             # The wire gives back whatever the task returned; Task's signature is what makes it a Result.
             result: Result = reply.result
             return result
-        raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id)
+        raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id, step=reply.step)

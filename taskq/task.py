@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Mapping, ParamSpec, TypeVar
 
 from taskq import delay
+from taskq.canvas import Signature
 from taskq.errors import UnsupportedTask
 from taskq.message import TaskMessage
 
@@ -130,6 +131,15 @@ class Task(Generic[Params, Returns]):
             routing_key=routing_key or self.options.routing_key,
         )
 
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature for workflows (taskq.chain/group/chord): in a chain it receives the previous
+        step's result before ``args``."""
+        return Signature(self, tuple(args), dict(kwargs))
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it ignores the previous step's result."""
+        return Signature(self, tuple(args), dict(kwargs), immutable=True)
 
     def map(self, arguments: Iterable[tuple[Any, ...] | list[Any]], *, queue: str | None = None) -> list[AsyncResult[Returns]]:
         """Send one task per item (each item is that task's positional arguments), as a burst.

@@ -70,8 +70,25 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Publish:
+    """A message the settler publishes (confirmed, mandatory) before it acks the one it settles:
+    the next step of a chain, a chord's callback. Plain data, built by a middleware."""
+
+    body: bytes
+    headers: dict[str, Any]
+    queue: str
+    properties: dict[str, Any]
+    eta: float | None = None  #: epoch seconds: through the delay cascade
+    declare: tuple[Any, ...] = ()  #: the queue's entities, declared as the App declares them
+
+
+@dataclass(frozen=True)
 class Succeeded:
-    """The run's result: reply (if a caller waits), then ack."""
+    """The run's result: publish ``publish`` (each confirmed), reply (if a caller waits and
+    ``reply``), then ack. A chain's middle step publishes the next one and replies nothing."""
+
+    publish: tuple[Publish, ...] = ()
+    reply: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,7 @@ class DeadLetter:
     attempts: int | None = None
     failure: Reply | None = None
     headers: dict[str, Any] | None = None
+    publish: tuple[Publish, ...] = ()  #: published (confirmed) before the dead letter: a chord's ``link_error``
 
 
 Decision = Union[Succeeded, Skip, Redelay, Retry, DeadLetter]

@@ -10,6 +10,11 @@ hold whatever a middleware does. A hook that raises is logged and skipped, never
 worker killed. A middleware also declares the ``@app.task`` options it owns
 (``task_options``), so each option is written once (``task_settings``).
 
+``before_run`` and ``decide_failure``: the first decision wins. ``before_settle`` is a
+chain instead: every middleware is asked in turn, each seeing the decision as the previous
+one left it (the workflows middleware adds the next step's publish to a ``Succeeded``, then
+the state store records it, and may still replace it with a dead letter).
+
 Order: ``received -> before_run -> task_start -> (run) -> task_succeeded | task_failed ->
 decide_failure (failures only) -> before_settle -> settled``. A success is settled (acked) before
 ``on_task_succeeded``, so the broker sends the next message meanwhile; a failure is
@@ -106,7 +111,8 @@ class Middleware:
 
     def before_settle(self, delivery: Delivery, decision: Decision) -> Decision | None:
         """The last word before the settler publishes and acks: return a decision to replace
-        ``decision`` (the state store dead-letters a message whose state it could not record)."""
+        ``decision`` (the state store dead-letters a message whose state it could not record).
+        Every middleware is asked, in order, each seeing the decision as the previous one left it."""
         return None
 
     def on_settled(self, delivery: Delivery, decision: Decision) -> None:
@@ -188,7 +194,10 @@ class Pipeline:
             hook: tuple(getattr(m, hook) for m, hooks in used if hook in hooks) for hook in HOOKS
         }
         for hook, methods in self.methods.items():
-            setattr(self, hook, decider(hook, methods) if hook in DECISION_HOOKS else notifier(hook, methods))
+            if hook == "before_settle":
+                setattr(self, hook, settle_chain(methods))
+            else:
+                setattr(self, hook, decider(hook, methods) if hook in DECISION_HOOKS else notifier(hook, methods))
 
     def notify(self, hook: str, *args: Any) -> None:
         """Call each middleware's ``hook`` (by name); one that raises is logged and the others still run."""
@@ -241,6 +250,27 @@ def decider(hook: str, methods: tuple[Callable[..., Any], ...]) -> Callable[...,
         return None
 
     return decide
+
+
+def settle_chain(methods: tuple[Callable[..., Any], ...]) -> Callable[..., Decision | None]:
+    """``before_settle``: ask each of ``methods`` in turn, each seeing the decision the previous
+    left (None from one means "keep it"); returns the last replacement, or None if none replaced it."""
+    if not methods:
+        return no_decision
+
+    def settle(delivery: Delivery, decision: Decision) -> Decision | None:
+        replaced: Decision | None = None
+        for method in methods:
+            try:
+                answer: Decision | None = method(delivery, replaced or decision)
+            except Exception as exc:
+                failed(method, "before_settle", exc)
+                continue
+            if answer is not None:
+                replaced = answer
+        return replaced
+
+    return settle
 
 
 def call_each(functions: Iterable[Callable[..., Any]], hook: str, *args: Any) -> None:

@@ -23,6 +23,8 @@ class MemoryStore(StateStore):
         self._lock = threading.Lock()
         #: task id -> (fields, timeline, expires at)
         self._records: dict[str, tuple[dict[str, Any], list[dict[str, Any]], float]] = {}
+        self._joins: dict[str, dict[int, Any]] = {}  #: chord id -> member index -> result
+        self._claims: dict[str, str] = {}  #: claim key -> the token that won it
 
     def write(self, task_id: str, fields: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> None:
         with self._lock:
@@ -43,3 +45,15 @@ class MemoryStore(StateStore):
                 del self._records[task_id]
                 return None
             return TaskRecord.from_fields(task_id, fields, timeline)
+
+    # -- chords (StateStore.join_member, claim_once) -------------------------------------------
+
+    def join_member(self, group_id: str, index: int, result: Any, size: int) -> list[Any] | None:
+        with self._lock:
+            members = self._joins.setdefault(group_id, {})
+            members.setdefault(index, result)
+            return [members[i] for i in range(size)] if len(members) >= size else None
+
+    def claim_once(self, key: str, token: str) -> bool:
+        with self._lock:
+            return self._claims.setdefault(key, token) == token

@@ -41,6 +41,18 @@ return 1
 """
 
 
+#: KEYS: the chord's hash. ARGV: the member index, its result (msgpack), the chord's size, seconds
+#: to keep. HSETNX keeps the first result of a member run twice; the count is read in the same script.
+JOIN_SCRIPT = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return redis.call('HGETALL', KEYS[1])
+end
+return false
+"""
+
+
 class RedisStore(StateStore):
     """Records in the Redis database ``url`` names; one client (and its pool) per process."""
 
@@ -117,6 +129,34 @@ class RedisStore(StateStore):
 
     def _error(self, doing: str, exc: BaseException) -> StateStoreError:
         return StateStoreError(f"cannot {doing} the state store at {self.masked_url}: {type(exc).__name__}: {exc}")
+
+    # -- chords (StateStore.join_member, claim_once) -------------------------------------------
+
+    def join_member(self, group_id: str, index: int, result: Any, size: int) -> list[Any] | None:
+        try:
+            found = self._redis().eval(JOIN_SCRIPT, 1, f"{self.prefix}join:{group_id}", index, pack(result), size,
+                                       max(1, int(self.retention)))
+        except redis.RedisError as exc:
+            raise self._error("join a chord in", exc) from exc
+        return ordered_members(found, size) if found else None
+
+    def claim_once(self, key: str, token: str) -> bool:
+        """SET NX, then GET if it was taken: the winner is whoever set it first."""
+        name = f"{self.prefix}claim:{key}"
+        try:
+            client = self._redis()
+            if client.set(name, token, nx=True, ex=max(1, int(self.retention))):
+                return True
+            found = client.get(name)
+        except redis.RedisError as exc:
+            raise self._error("claim a chord callback in", exc) from exc
+        return bool(found is not None and (found.decode() if isinstance(found, bytes) else found) == token)
+
+
+def ordered_members(flat: list[Any], size: int) -> list[Any]:
+    """HGETALL's [field, value, ...] as the members' results, in member order."""
+    members = {int(flat[i]): unpack(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return [members[i] for i in range(size)]
 
 
 def without_prefix(url: str) -> tuple[str, str | None]:

@@ -44,6 +44,16 @@ CREATE INDEX IF NOT EXISTS taskq_state_expiry ON taskq_state (expires_at);
 """
 
 
+#: The chord tables: made on first use (``IF NOT EXISTS``), so a store made before them gains them.
+JOIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taskq_join (
+    group_id TEXT NOT NULL, member INTEGER NOT NULL, result BLOB NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (group_id, member)
+);
+CREATE TABLE IF NOT EXISTS taskq_claim (claim_key TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL);
+"""
+
+
 class SQLiteStore(StateStore):
     """Records in ``path``; one connection per process, used under a lock (a task's ``progress()``
     writes from the task's thread while the worker writes from the connection's)."""
@@ -177,3 +187,40 @@ class SQLiteStore(StateStore):
             return StateStoreError(f"cannot {doing} the state store {self.path}: the file is damaged or not "
                                    f"a SQLite database ({exc}); move it away and a new one is made")
         return StateStoreError(f"cannot {doing} the state store {self.path}: {type(exc).__name__}: {exc}")
+
+    # -- chords (StateStore.join_member, claim_once) -------------------------------------------
+
+    def join_member(self, group_id: str, index: int, result: Any, size: int) -> list[Any] | None:
+        """INSERT OR IGNORE and the count in one IMMEDIATE transaction: two workers finishing the
+        last two members can't both miss (or both see) the other's row."""
+        joined: list[Any] | None = self._in_join_transaction(lambda db: self._join(db, group_id, index, result, size))
+        return joined
+
+    def claim_once(self, key: str, token: str) -> bool:
+        def claim(db: sqlite3.Connection) -> bool:
+            db.execute("INSERT OR IGNORE INTO taskq_claim (claim_key, token, expires_at) VALUES (?, ?, ?)",
+                       (key, token, self._clock() + self.retention))
+            row = db.execute("SELECT token FROM taskq_claim WHERE claim_key = ?", (key,)).fetchone()
+            return bool(row is not None and row[0] == token)
+
+        return bool(self._in_join_transaction(claim))
+
+    def _join(self, db: sqlite3.Connection, group_id: str, index: int, result: Any, size: int) -> list[Any] | None:
+        db.execute("INSERT OR IGNORE INTO taskq_join (group_id, member, result, expires_at) VALUES (?, ?, ?, ?)",
+                   (group_id, index, pack(result), self._clock() + self.retention))
+        rows = db.execute("SELECT member, result FROM taskq_join WHERE group_id = ? ORDER BY member",
+                          (group_id,)).fetchall()
+        if len(rows) < size:
+            return None
+        return [unpack(blob) for _, blob in rows[:size]]
+
+    def _in_join_transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            db = self._connection()
+            try:
+                db.executescript(JOIN_SCHEMA)
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
+                    return work(db)
+            except sqlite3.Error as exc:
+                raise self._error("join a chord in", exc) from exc

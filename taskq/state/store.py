@@ -42,6 +42,18 @@ class StateStore(ABC):
     def close(self) -> None:
         """Let go of connections and files; the store opens them again on next use."""
 
+    # -- chords (docs/workflows.md): one atomic step each, so concurrent workers agree -------
+
+    def join_member(self, group_id: str, index: int, result: Any, size: int) -> list[Any] | None:
+        """Record member ``index``'s result (again: idempotent, the first kept); every member's
+        result in order once all ``size`` are in, else None. A member run twice counts once."""
+        raise ConfigurationError(f"the state store {self.masked_url} can't join chords")
+
+    def claim_once(self, key: str, token: str) -> bool:
+        """True for the first ``token`` to claim ``key``, and for that token again (a redelivery
+        of the same message); False for any other token (a duplicate publish)."""
+        raise ConfigurationError(f"the state store {self.masked_url} can't claim chord callbacks")
+
 
 def retention_from_env(default: float = settings.RESULT_RETENTION) -> float:
     """``$TASKQ_RESULT_RETENTION`` (seconds) if set, else ``default``; a bad value is an error, not ignored."""

@@ -18,9 +18,12 @@ from kombu import Connection
 from kombu.common import maybe_declare
 
 from taskq import copies, delay, topology
-from taskq.broker import publish_on, publish_unconfirmed
+from amqp.exceptions import ChannelError
+
+from taskq.broker import NO_ROUTE, publish_on, publish_unconfirmed
+from taskq.errors import Unroutable
 from taskq.message import CONTENT_ENCODING, CONTENT_TYPE
-from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Redelay, Retry, Skip, Succeeded
+from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Publish, Redelay, Retry, Skip, Succeeded
 from taskq.middleware.pipeline import Pipeline
 
 log = structlog.get_logger("taskq.worker")
@@ -46,7 +49,8 @@ class Settler:
         moment a middleware can act before the ack), then tell the ``on_settled`` hooks."""
         decision = self.pipeline.before_settle(delivery, decision) or decision
         if isinstance(decision, Succeeded):
-            if delivery.reply_wanted and delivery.outcome is not None:
+            self._publish_next(decision.publish)
+            if decision.reply and delivery.reply_wanted and delivery.outcome is not None:
                 self._reply(delivery, delivery.outcome.body)
             delivery.message.ack()
         elif isinstance(decision, Skip):
@@ -85,6 +89,7 @@ class Settler:
 
     def _dead_letter(self, delivery: Delivery, decision: DeadLetter) -> DeadLetter:
         """Park the message in ``<queue>.dead`` with the reason (and the failure, if it ran)."""
+        self._publish_next(decision.publish)
         if decision.reply is not None and delivery.reply_wanted:
             self._reply(delivery, decision.reply.body())
         message = delivery.message
@@ -102,6 +107,22 @@ class Settler:
                   dead_letter_queue=dead_letter_queue)
         return replace(decision, headers=headers)
 
+    def _publish_next(self, messages: tuple[Publish, ...]) -> None:
+        """Publish what a workflow sends next (a chain's next step, a chord's callback), each
+        confirmed and mandatory, before the caller acks: a crash in between re-runs this step,
+        never drops the rest. A return (no queue for it) is Unroutable, so the message being
+        settled is dead-lettered by the child's containment instead of acked."""
+        for message in messages:
+            exchange, routing_key, entities = delay.route(message.queue, message.eta, self.queue_type)
+            try:
+                publish_on(self.connection, message.body, channel=self.publish_channel, exchange=exchange,
+                           routing_key=routing_key, declare=[*message.declare, *entities], headers=message.headers,
+                           mandatory=True, **message.properties)
+            except ChannelError as exc:
+                if exc.reply_code != NO_ROUTE:
+                    raise
+                raise Unroutable(f"the workflow's next message has no queue {message.queue!r}: returned, not queued") from None
+
     def _publish_then_ack(self, delivery: Delivery, **publish: Any) -> None:
         """The delivery invariant, in one place: the broker confirmed the copy before the original goes."""
         publish_on(self.connection, delivery.body, channel=self.publish_channel, check_frame_size=True, **publish)
@@ -114,7 +135,7 @@ class Settler:
         assert envelope is not None and envelope.reply_to is not None
         publish_unconfirmed(self.reply_channel, body, exchange="", routing_key=envelope.reply_to,
                             content_type=CONTENT_TYPE, content_encoding=CONTENT_ENCODING,
-                            properties={"correlation_id": envelope.id})
+                            properties={"correlation_id": envelope.reply_id})
 
 
 def close_within(connection: Connection, seconds: float) -> None:

@@ -12,6 +12,7 @@ from taskq import App, ConfigurationError
 from taskq.errors import Retry as RetryRequest
 from taskq.events import Broadcaster
 from taskq.message import CONTENT_TYPE, Reply, TaskMessage
+from taskq.middleware.workflows import Workflows
 from taskq.middleware import (
     DeadLetter,
     Delivery,
@@ -196,7 +197,8 @@ def test_add_middleware_before_and_after():
     first, last = Middleware(), Middleware()
     ordered.add_middleware(first, before=Expiry)
     ordered.add_middleware(last, after=Retries)
-    assert [type(m) for m in ordered.middleware] == [Middleware, Expiry, EtaRedelay, Retries, Middleware, TimeLimits]
+    assert [type(m) for m in ordered.middleware] == [Middleware, Expiry, EtaRedelay, Retries, Middleware, TimeLimits,
+                                                    Workflows]
     assert ordered.middleware[0] is first and ordered.middleware[4] is last
     with pytest.raises(ConfigurationError, match="no LifecycleEvents middleware"):
         ordered.add_middleware(Middleware(), before=LifecycleEvents)
