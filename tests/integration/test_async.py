@@ -10,7 +10,9 @@ import pytest
 pytestmark = pytest.mark.both_brokers
 
 from taskq import TaskError
-from tests.support.async_apps import app as async_app, async_add, async_fail, sync_add
+from tests.support.async_apps import app as async_app, async_add, async_fail, async_started_then_sleeps, sync_add
+from tests.support.cli_helpers import ready_and_unacked
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -42,3 +44,13 @@ def test_an_async_tasks_exception_reaches_the_awaiting_caller(aapp, queue_name, 
             await result.aget(timeout=30)
 
     asyncio.run(main())
+
+
+def test_a_child_running_a_coroutine_holds_one_message(aapp, queue_name, start_worker, tmp_path, broker_url):
+    """Prefetch 1 holds for async tasks: the broker keeps the others READY while a coroutine runs."""
+    start_worker([queue_name], concurrency=1, app="tests.support.async_apps:app")
+    marker = tmp_path / "started"
+    for _ in range(3):
+        async_started_then_sleeps.apply_async((str(marker), 120.0), queue=queue_name)  # killed at teardown
+    wait_until(marker.exists, timeout=60, what="the first coroutine to start")
+    assert ready_and_unacked(broker_url, queue_name) == (2, 1)

@@ -29,5 +29,13 @@ async def async_fail(text: str) -> None:
 
 
 @app.task
+async def async_started_then_sleeps(path: str, seconds: float) -> None:
+    """Leaves a file once the coroutine runs, so a test waits on that, not on a sleep."""
+    with open(path, "a") as marker:
+        marker.write("started\n")
+    await asyncio.sleep(seconds)
+
+
+@app.task
 def sync_add(x: int, y: int) -> int:
     return x + y
