@@ -368,7 +368,7 @@ class App:
         """
 
         def register(function: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
-            refuse_unrunnable(function, f"event handler {default_task_name(function)!r}")
+            refuse_unrunnable(function, f"event handler {default_task_name(function)!r}", coroutines=False)
             group_name = group or self.name
             queue = self.routing.add_handler(pattern, group_name, function)
             if queue not in self.tasks:

@@ -20,11 +20,13 @@ other on a local broker, so the simpler, thread-friendly design wins.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import socket
 import threading
 import time
 import weakref
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kombu import Consumer
@@ -65,6 +67,11 @@ class ReplyListener:
         self._queue_name: str | None = None
         self._stopped = threading.Event()
         self._keeper: threading.Thread | None = None
+        # Awaiting coroutines, by task id: resolved from the reading thread with
+        # call_soon_threadsafe, so an ``await result`` holds no thread. While any are
+        # pending, the keeper reads continuously instead of every KEEP_INTERVAL.
+        self._futures: dict[str, list[asyncio.Future[Reply | _Lost]]] = {}
+        self._wake_keeper = threading.Event()
 
     def reply_to(self, budget: Budget | None = None) -> str:
         """The reply queue's name, opening the connection (and declaring the queue) on first use.
@@ -130,12 +137,34 @@ class ReplyListener:
                     self._condition.wait(remaining)
                     continue
             self._read_as_leader(READ_SLICE if remaining is None else min(READ_SLICE, remaining), until_quiet=False)
-        if reply is _LOST:
-            raise ResultLost(
-                f"the connection carrying the reply for task {task_id} broke; "
-                "the task may still have run"
-            )
-        return reply
+        return _arrived(task_id, reply)
+
+    async def await_reply(self, task_id: str, timeout: float | None) -> Reply:
+        """``wait`` for a coroutine: a future the reading thread resolves; no thread waits for it."""
+        future: asyncio.Future[Reply | _Lost] = asyncio.get_running_loop().create_future()
+        with self._condition:
+            if task_id in self._replies:
+                future.set_result(self._replies[task_id])
+            else:
+                self._futures.setdefault(task_id, []).append(future)
+        self._wake_keeper.set()
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result for task {task_id} within {timeout} s") from None
+        finally:
+            with self._condition:
+                waiting = self._futures.get(task_id, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._futures.pop(task_id, None)
+        return _arrived(task_id, reply)
+
+    def _resolve(self, task_id: str) -> None:
+        """With the condition held: hand a stored reply to the coroutines awaiting it, on their loops."""
+        for future in self._futures.pop(task_id, ()):
+            future.get_loop().call_soon_threadsafe(_settle_future, future, self._replies[task_id])
 
     def is_ready(self, task_id: str) -> bool:
         if self._reader.acquire(blocking=False):
@@ -146,6 +175,7 @@ class ReplyListener:
     def stop(self) -> None:
         """Close the reply connection (its queue goes with it); results still owed are lost."""
         self._stopped.set()
+        self._wake_keeper.set()
         with self._reader:
             self._broken(self._connection, close=True)
 
@@ -185,6 +215,7 @@ class ReplyListener:
             with self._condition:
                 for task_id in self._expected - self._replies.keys():
                     self._replies[task_id] = _LOST
+                    self._resolve(task_id)
                 self._condition.notify_all()
             self._connection = None
             self._queue_name = None
@@ -206,13 +237,35 @@ class ReplyListener:
         with self._condition:
             if task_id in self._expected:
                 self._replies[task_id] = reply
+                self._resolve(task_id)
                 self._condition.notify_all()
 
     def _keep(self) -> None:
-        """While nobody waits: heartbeats, early replies, and noticing a broken connection."""
-        while not self._stopped.wait(KEEP_INTERVAL):
-            if self._connection is not None and self._reader.acquire(blocking=False):
-                self._read_as_leader(POLL)
+        """While no thread waits: heartbeats, early replies, noticing a broken connection, and
+        reading for the coroutines that await replies (they hold no thread to read with)."""
+        while not self._stopped.is_set():
+            awaited = bool(self._futures)
+            if not awaited:
+                self._wake_keeper.wait(KEEP_INTERVAL)
+                self._wake_keeper.clear()
+                awaited = bool(self._futures)
+            if self._stopped.is_set() or self._connection is None:
+                continue
+            # Awaited: wait for the reader lock (a waiting thread may hold it) and read a slice.
+            if self._reader.acquire(timeout=READ_SLICE) if awaited else self._reader.acquire(blocking=False):
+                self._read_as_leader(READ_SLICE if awaited else POLL)
+
+
+def _arrived(task_id: str, reply: Reply | _Lost) -> Reply:
+    if reply is _LOST:
+        raise ResultLost(f"the connection carrying the reply for task {task_id} broke; the task may still have run")
+    return reply
+
+
+def _settle_future(future: asyncio.Future[Reply | _Lost], reply: Reply | _Lost) -> None:
+    """On the future's loop: a coroutine that gave up (timed out, cancelled) is left alone."""
+    if not future.done():
+        future.set_result(reply)
 
 
 class AsyncResult(Generic[Result]):
@@ -239,8 +292,21 @@ class AsyncResult(Generic[Result]):
         if self._listener is None:
             raise TaskqError(f"task {self.task_name} was sent with ignore_result: no result will come")
         reply = self._listener.wait(self.id, timeout)
+        return self._result(reply)
+
+    async def aget(self, timeout: float | None = None) -> Result:
+        """``get`` for an event loop: awaits the RPC reply without blocking the loop or holding a thread."""
+        if self._listener is None:
+            raise TaskqError(f"task {self.task_name} was sent with ignore_result: no result will come")
+        return self._result(await self._listener.await_reply(self.id, timeout))
+
+    def _result(self, reply: Reply) -> Result:
         if reply.ok:
             # The wire gives back whatever the task returned; Task's signature is what makes it a Result.
             result: Result = reply.result
             return result
         raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id, step=reply.step)
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        """``await result``: ``aget()`` with no timeout."""
+        return self.aget().__await__()

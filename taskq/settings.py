@@ -128,6 +128,11 @@ RECONNECT_BACKOFF_MAX = 10.0
 #: Seconds: AMQP heartbeat of a listener's or the dashboard's connections, and of the reply listener's.
 LISTENER_HEARTBEAT = 30.0
 
+# -- asyncio (taskq/aio.py) -------------------------------------------------------------
+
+#: Threads that publish (and wait for confirms) for ``adelay``/``aapply_async`` in one process.
+ASYNC_SENDER_THREADS = 4
+
 # -- listeners: taskq logs, events, status (taskq.subscriber) ----------------------------
 
 #: Messages the broker holds for a listener that falls behind (``--max-length``); then it drops the oldest.

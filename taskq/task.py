@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Mapping, ParamSpec, TypeVar
 
-from taskq import delay
+from taskq import aio, delay
 from taskq.canvas import Signature
 from taskq.errors import UnsupportedTask
 from taskq.message import TaskMessage
@@ -39,22 +39,25 @@ class TaskOptions:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-def refuse_unrunnable(function: Callable[..., Any], label: str) -> None:
-    """Raise UnsupportedTask for a function whose call returns a coroutine or a generator.
+def refuse_unrunnable(function: Callable[..., Any], label: str, coroutines: bool = True) -> None:
+    """Raise UnsupportedTask for a function whose call returns a generator (or, with
+    ``coroutines=False``, a coroutine).
 
     The worker would call it, run none of its body, and find a result msgpack can't
     carry: every call dead-lettered, or, with ``ignore_result``, acked as a success
     although nothing ran. Refused at decoration, it fails once, at import, with the way out.
-    A generator is no stream of results either: there is one reply per task.
+    A generator is no stream of results either: there is one reply per task. ``async def``
+    tasks run on an event loop in the worker (taskq/worker/async_running.py); event
+    handlers are called inline by code that has no loop, so they are still refused.
     """
     if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
         kind = "an async generator function" if inspect.isasyncgenfunction(function) else "a generator function"
         raise UnsupportedTask(
             f"{label}: {kind} can't be a task: calling it runs none of its body; return a list from a plain def instead"
         )
-    if inspect.iscoroutinefunction(function):
+    if not coroutines and inspect.iscoroutinefunction(function):
         raise UnsupportedTask(
-            f"{label}: async tasks are not supported yet; make it a plain def that calls asyncio.run(...) on the coroutine"
+            f"{label}: async event handlers are not supported; make it a plain def that calls asyncio.run(...) on the coroutine"
         )
 
 
@@ -86,6 +89,16 @@ class Task(Generic[Params, Returns]):
     def delay(self, *args: Params.args, **kwargs: Params.kwargs) -> AsyncResult[Returns]:
         """Send with default options; returns once the broker has confirmed the message."""
         return self.apply_async(args, kwargs)
+
+    async def adelay(self, *args: Params.args, **kwargs: Params.kwargs) -> AsyncResult[Returns]:
+        """``delay`` for an event loop: the publish and its confirm wait on a sender thread
+        (taskq/aio.py), never on the loop."""
+        return await aio.in_sender_thread(functools.partial(self.apply_async, args, kwargs))
+
+    async def aapply_async(self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None,
+                           **options: Any) -> AsyncResult[Returns]:
+        """``apply_async`` for an event loop, with the same options."""
+        return await aio.in_sender_thread(functools.partial(self.apply_async, args, kwargs, **options))
 
     def apply_async(
         self,

@@ -29,7 +29,7 @@ from taskq.errors import EncodeError
 from taskq.message import Reply, TaskMessage
 from taskq.middleware.delivery import Delivery, Outcome, failure
 from taskq.task import Task
-from taskq.worker import limits
+from taskq.worker import async_running, limits
 
 TICK = 1.0  # seconds between looks at the deadlines while an in-process task runs
 #: The deadlines of a task without time limits (most tasks): shared, since building a frozen
@@ -135,7 +135,7 @@ def run_task(task: Task[..., Any], message: TaskMessage, queue: str, guard: limi
                 guard.enter()
             current = context.entering(message, queue)  # taskq.current() inside the task
             try:
-                result = task.function(*message.args, **message.kwargs)
+                result = async_running.call(task.function, message.args, message.kwargs)
             finally:
                 context.leaving(current)
                 if guard is not None:

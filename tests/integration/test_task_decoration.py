@@ -10,9 +10,9 @@ import sys
 from tests.support import ROOT
 
 
-def test_worker_whose_app_has_an_async_task_prints_one_line_and_exits_2(tmp_path):
+def test_worker_whose_app_has_a_generator_task_prints_one_line_and_exits_2(tmp_path):
     (tmp_path / "async_app.py").write_text(
-        "from taskq import App\napp = App('a')\n\n@app.task\nasync def fetch(url):\n    return url\n"
+        "from taskq import App\napp = App('a')\n\n@app.task\ndef fetch(url):\n    yield url\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "taskq", "worker", "-A", "async_app:app", "-c", "1"],
@@ -23,5 +23,5 @@ def test_worker_whose_app_has_an_async_task_prints_one_line_and_exits_2(tmp_path
     # One line, naming the user's own decorated line (the loader shows the user's frame).
     assert done.stderr.strip().splitlines() == [
         f"Error: -A 'async_app:app': {tmp_path / 'async_app.py'}:4: UnsupportedTask: task 'async_app.fetch':"
-        " async tasks are not supported yet; make it a plain def that calls asyncio.run(...) on the coroutine"
+        " a generator function can't be a task: calling it runs none of its body; return a list from a plain def instead"
     ]

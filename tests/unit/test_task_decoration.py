@@ -25,17 +25,10 @@ async def on_order(topic, payload):
     return None
 
 
-def test_async_def_task_is_refused_with_the_way_out():
+def test_async_def_task_is_accepted():
     app = App("decoration")
-    for decorate in (app.task, app.task(queue="io", ignore_result=True)):
-        with pytest.raises(UnsupportedTask) as caught:
-            decorate(fetch)
-        assert str(caught.value) == (
-            "task 'tests.unit.test_task_decoration.fetch': async tasks are not supported yet;"
-            " make it a plain def that calls asyncio.run(...) on the coroutine"
-        )
-    assert app.tasks == {}
-    assert issubclass(UnsupportedTask, ConfigurationError) and issubclass(UnsupportedTask, TaskqError)
+    task = app.task(fetch)
+    assert app.tasks == {task.name: task}
 
 
 @pytest.mark.parametrize("function, kind", [(numbers, "a generator function"), (stream, "an async generator function")])
@@ -49,6 +42,6 @@ def test_generator_tasks_are_refused_because_their_body_would_never_run(function
 
 def test_async_event_handler_is_refused():
     app = App("decoration")
-    with pytest.raises(UnsupportedTask, match="async tasks are not supported yet"):
+    with pytest.raises(UnsupportedTask, match="async event handlers are not supported"):
         app.on("orders.*")(on_order)
     assert app.tasks == {}
