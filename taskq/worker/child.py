@@ -31,6 +31,7 @@ from taskq.middleware.delivery import (
 )
 from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.middleware.pipeline import Middleware, Pipeline, WorkerInfo
+from taskq.middleware.revocation import abandoned_outcome
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.worker import limits
 from taskq.worker.parent_death import die_with_parent
@@ -332,11 +333,17 @@ class ChildWorker:
         return decided if decided is not None else dead_letter_failure(delivery.attempt, "failed", delivery.outcome.reply)
 
     def _hard_time_limit(self, settler: Settler, delivery: Delivery) -> None:
-        """The task thread is stuck past its time limit: settle its message as a failure, then die."""
+        """The task thread is stuck past its time limit, or a middleware said to abandon it
+        (revoked with terminate): settle its message as a failure, then die."""
         assert delivery.task is not None and delivery.envelope is not None
-        log.error("hard time limit: settling the message and replacing this child",
-                  task=delivery.task.name, task_id=delivery.envelope.id, time_limit=delivery.time_limit)
-        delivery.outcome = hard_limit_outcome(delivery)
+        if delivery.abandon is not None:
+            log.error("task abandoned: settling the message and replacing this child",
+                      task=delivery.task.name, task_id=delivery.envelope.id, reason=delivery.abandon)
+            delivery.outcome = abandoned_outcome(delivery)
+        else:
+            log.error("hard time limit: settling the message and replacing this child",
+                      task=delivery.task.name, task_id=delivery.envelope.id, time_limit=delivery.time_limit)
+            delivery.outcome = hard_limit_outcome(delivery)
         self.pipeline.on_task_failed(delivery)
         if not self.owns_process:
             # In-process worker: settle, and leave the stuck (daemon) thread behind.
