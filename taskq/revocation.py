@@ -33,6 +33,8 @@ from taskq.errors import InvalidTaskId
 
 EXCHANGE_PREFIX = "taskq.revoke."
 STREAM_PREFIX = "taskq.revoked."
+#: Task ids starting so are a child's catch-up markers, not revocations (taskq/middleware/revocation.py).
+MARKER_PREFIX = "taskq.catch-up."
 #: The longest task id a revocation accepts; ids taskq makes are 36 characters (uuid4).
 MAX_ID_LENGTH = 200
 

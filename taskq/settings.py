@@ -96,6 +96,8 @@ REVOKE_WINDOW = 86400.0
 REVOKE_CAPACITY = 100_000
 #: Revocations a child reads from the stream ahead of acking them (streams need a prefetch).
 REVOKE_PREFETCH = 1000
+#: Seconds a connecting child waits to have read the stream's backlog before it consumes tasks anyway.
+REVOKE_CATCH_UP = 10.0
 
 # -- the scheduler (taskq.scheduler) -----------------------------------------------------
 

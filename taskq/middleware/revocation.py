@@ -10,13 +10,16 @@ delivery was read is known at its ``before_run``.
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from kombu import Consumer
 
 from taskq import revocation, settings
+from taskq.broker import publish_on
 from taskq.errors import REVOKED_EXC_TYPE, TaskRevoked
 from taskq.message import Reply
 from taskq.middleware.delivery import DeadLetter, Decision, Delivery, Outcome
@@ -44,6 +47,7 @@ class Revocations(Middleware):
         # The delivery whose task runs now, or ran last: replaced at each start, never cleared
         # (a terminate for a task already over then marks a delivery nobody reads again).
         self._running: Delivery | None = None
+        self._marker: str | None = None  # the catch-up marker we wait for (_catch_up)
 
     def on_worker_start(self, worker: WorkerInfo) -> None:
         self._app_name = worker.app_name
@@ -63,6 +67,26 @@ class Revocations(Middleware):
         bound = queue(channel)
         bound.declare()
         Consumer(channel, queues=[bound], on_message=self._on_message, no_ack=False, auto_declare=False).consume()
+        if driver == "amqp":
+            self._catch_up(connection, channel)
+
+    def _catch_up(self, connection: Connection, channel: Any) -> None:
+        """Read the stream's backlog before consuming tasks: a stream delivers asynchronously, so
+        a restarted child could otherwise take a revoked task before reading its revocation.
+        We append a marker of our own and read until it comes back: all before it was read."""
+        marker = revocation.MARKER_PREFIX + uuid.uuid4().hex
+        self._marker = marker
+        publish_on(connection, revocation.Revocation(marker, False, time.time()).body(), channel=channel,
+                   exchange=revocation.EXCHANGE_PREFIX + self._app_name, routing_key="", persistent=False)
+        deadline = time.monotonic() + settings.REVOKE_CATCH_UP
+        while self._marker is not None and time.monotonic() < deadline:
+            try:
+                connection.drain_events(timeout=min(settings.WORKER_TICK, settings.REVOKE_CATCH_UP))
+            except socket.timeout:
+                pass
+        if self._marker is not None:
+            log.warning("revocations not caught up: consuming anyway", waited=settings.REVOKE_CATCH_UP)
+            self._marker = None
 
     def _on_message(self, message: Any) -> None:
         # Runs on whichever thread is reading the connection: the main one, or the watchdog
@@ -73,8 +97,13 @@ class Revocations(Middleware):
         except ValueError as exc:
             log.warning("ignored a malformed revocation", error=str(exc))
             return
+        if revoked.task_id.startswith(revocation.MARKER_PREFIX):  # some child's catch-up marker
+            if revoked.task_id == self._marker:
+                self._marker = None
+            return
         if not self.revoked.add(revoked):
             return
+        log.info("revocation received", task_id=revoked.task_id, terminate=revoked.terminate)
         running = self._running
         if revoked.terminate and running is not None and running.envelope is not None \
                 and running.envelope.id == revoked.task_id:

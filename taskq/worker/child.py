@@ -197,6 +197,9 @@ class ChildWorker:
             consume_channel.basic_qos(0, 1, True)
         settler = Settler(connection, self.pipeline, queue_type=self.setup.queue_type,
                           broker_delays=self.setup.broker_delays)
+        # Before consuming starts: what a middleware reads on a channel of its own (the
+        # revocations) is in place before this child can be handed its first task.
+        self.pipeline.notify("on_connect", connection)
         consumers = []
         for name, queue, dead_letter_queue in self.setup.queues:
             bound = queue(consume_channel)
@@ -206,7 +209,6 @@ class ChildWorker:
                                 auto_declare=False)
             consumer.consume()
             consumers.append(consumer)
-        self.pipeline.notify("on_connect", connection)
         log.info("consuming", queues=self.setup.queue_names, pid=os.getpid())
         while not self.stopping:
             self.pipeline.notify("on_tick")
