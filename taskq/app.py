@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, TypeVar, overload
 
 from kombu.entity import Queue
 
-from taskq import delay, routing, schedules, settings, topology
+from taskq import delay, revocation, routing, schedules, settings, topology
 from taskq.broker import Broker, resolve_broker_url
 from taskq.errors import ConfigurationError
 from taskq.message import TaskMessage
@@ -385,6 +385,11 @@ class App:
         or later; an event no group is bound for is dropped, as pub/sub means.
         """
         return self._producer.publish_event(topic, payload)
+
+    def revoke(self, task_id: str, terminate: bool = False) -> None:
+        """Revoke a task: dead-lettered (``revoked``) when a worker meets it; with ``terminate``,
+        stopped if it runs. Returns once the broker confirmed it (docs/revoke.md)."""
+        revocation.publish(self.broker, self.name, task_id, terminate)
 
     def result(self, task_id: str) -> StoredResult:
         """Task ``task_id``'s state and result, read from the state store: works in any process."""

@@ -114,6 +114,26 @@ class GroupError(TaskqError):
         self.failed = failed
 
 
+#: The ``exc_type`` of the reply a revoked task's caller gets (taskq/middleware/revocation.py).
+REVOKED_EXC_TYPE = "taskq.TaskRevoked"
+
+
+class TaskRevoked(TaskError):
+    """The task was revoked: dead-lettered (``revoked``) without running, or stopped while it ran."""
+
+
+def remote_error(exc_type: str, exc_message: str, remote_traceback: str = "", task_id: str | None = None,
+                 step: dict[str, Any] | None = None) -> TaskError:
+    """What ``get()`` raises for a failed reply: TaskRevoked for a revoked task, so a caller can
+    tell "someone cancelled it" from "it raised" without comparing strings."""
+    cls = TaskRevoked if exc_type == REVOKED_EXC_TYPE else TaskError
+    return cls(exc_type, exc_message, remote_traceback, task_id=task_id, step=step)
+
+
+class InvalidTaskId(TaskqError):
+    """Not a task id (empty, too long, spaces or control characters): nothing was revoked."""
+
+
 class ResultLost(TaskqError):
     """The connection carrying replies broke, so a reply may never arrive."""
 

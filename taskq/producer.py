@@ -82,7 +82,7 @@ class Producer:
             if listener is not None:
                 listener.forget(message.reply_id)
             raise
-        return AsyncResult(message.reply_id, message.task, listener)
+        return AsyncResult(message.reply_id, message.task, listener, app.revoke)
 
     def send_many(self, messages: list[TaskMessage], *, queue: str, want_result: bool) -> list[AsyncResult[Any]]:
         """``App.send_many``: see there."""
@@ -107,7 +107,7 @@ class Producer:
                 for message in messages:
                     listener.forget(message.id)
             raise
-        return [AsyncResult(message.id, message.task, listener) for message in messages]
+        return [AsyncResult(message.id, message.task, listener, app.revoke) for message in messages]
 
     def publish_event(self, topic: str, payload: Any) -> str:
         """``App.publish``: see there."""

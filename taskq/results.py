@@ -27,12 +27,12 @@ import threading
 import time
 import weakref
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from kombu import Consumer
 
 from taskq import settings, topology
-from taskq.errors import ResultLost, TaskError, TaskqError
+from taskq.errors import ResultLost, TaskqError, remote_error
 from taskq.message import Reply, decode_reply
 
 if TYPE_CHECKING:
@@ -271,10 +271,12 @@ def _settle_future(future: asyncio.Future[Reply | _Lost], reply: Reply | _Lost) 
 class AsyncResult(Generic[Result]):
     """A handle on one task's eventual result."""
 
-    def __init__(self, task_id: str, task_name: str, listener: ReplyListener | None) -> None:
+    def __init__(self, task_id: str, task_name: str, listener: ReplyListener | None,
+                 revoker: Callable[[str, bool], object] | None = None) -> None:
         self.id = task_id
         self.task_name = task_name
         self._listener = listener
+        self._revoker = revoker
         if listener is not None:
             weakref.finalize(self, listener.forget, task_id)
 
@@ -284,8 +286,14 @@ class AsyncResult(Generic[Result]):
     def ready(self) -> bool:
         return self._listener is not None and self._listener.is_ready(self.id)
 
+    def revoke(self, terminate: bool = False) -> None:
+        """``App.revoke`` this task: returns once the broker confirmed the revocation (docs/revoke.md)."""
+        if self._revoker is None:
+            raise TaskqError("this result has no app to revoke through: use app.revoke(task_id)")
+        self._revoker(self.id, terminate)
+
     def get(self, timeout: float | None = None) -> Result:
-        """The task's return value; TaskError if it raised, TimeoutError if nothing came in time.
+        """The task's return value; TaskError if it raised (TaskRevoked if revoked), TimeoutError if nothing came in time.
 
         Safe to call again after a TimeoutError, and from any thread.
         """
@@ -305,7 +313,7 @@ class AsyncResult(Generic[Result]):
             # The wire gives back whatever the task returned; Task's signature is what makes it a Result.
             result: Result = reply.result
             return result
-        raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id, step=reply.step)
+        raise remote_error(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id, step=reply.step)
 
     def __await__(self) -> Generator[Any, None, Result]:
         """``await result``: ``aget()`` with no timeout."""

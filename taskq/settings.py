@@ -87,6 +87,18 @@ WORKER_REFUSED_ATTEMPTS = 3
 #: Seconds: a child that died younger than this is replaced only after this pause (no fork loop).
 WORKER_RESTART_PAUSE = 1.0
 
+# -- revocation (taskq.revocation, docs/revoke.md) ------------------------------------------
+
+#: Seconds a revocation is kept (the RabbitMQ stream's x-max-age, each child's memory): a task
+#: revoked longer ago than this runs if it is still queued. Every side must agree on it.
+REVOKE_WINDOW = 86400.0
+#: Revoked ids one worker child remembers at most; past it the oldest are forgotten first.
+REVOKE_CAPACITY = 100_000
+#: Revocations a child reads from the stream ahead of acking them (streams need a prefetch).
+REVOKE_PREFETCH = 1000
+#: Seconds a connecting child waits to have read the stream's backlog before it consumes tasks anyway.
+REVOKE_CATCH_UP = 10.0
+
 # -- the scheduler (taskq.scheduler) -----------------------------------------------------
 
 #: Seconds: AMQP heartbeat of a scheduler's lease connection. A leader whose machine died

@@ -11,6 +11,7 @@ from taskq.middleware.eta import EtaRedelay
 from taskq.middleware.expiry import Expiry
 from taskq.middleware.pipeline import Middleware, WorkerInfo
 from taskq.middleware.retries import Retries
+from taskq.middleware.revocation import Revocations
 from taskq.middleware.time_limits import TimeLimits
 
 
@@ -20,10 +21,10 @@ def default_middleware() -> list[Middleware]:
     (The lifecycle-events middleware is added by each worker child, which owns the
     broadcaster: an in-process test worker broadcasts nothing.)
     """
-    return [Expiry(), EtaRedelay(), Retries(), TimeLimits()]
+    return [Revocations(), Expiry(), EtaRedelay(), Retries(), TimeLimits()]
 
 
 __all__ = [
     "DeadLetter", "Decision", "Delivery", "EtaRedelay", "Expiry", "Middleware", "Outcome", "Redelay", "Retries",
-    "Retry", "Skip", "Succeeded", "TimeLimits", "WorkerInfo", "default_middleware",
+    "Retry", "Revocations", "Skip", "Succeeded", "TimeLimits", "WorkerInfo", "default_middleware",
 ]

@@ -47,6 +47,9 @@ class Delivery:
     outcome: Outcome | None = None  #: set once the run ended
     soft_time_limit: float | None = None  #: seconds, set by the time-limits middleware
     time_limit: float | None = None
+    #: Set by a middleware while the task runs (revocation's ``terminate``): the worker then
+    #: abandons the run the way it abandons one past its hard time limit.
+    abandon: str | None = None
 
     @property
     def body(self) -> bytes:

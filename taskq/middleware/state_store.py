@@ -144,7 +144,8 @@ class StateRecorder(Middleware):
                 return TaskState.FAILED, fields, decision.reason
             reply = decision.reply or dead_letter_reply(delivery.envelope, f"{decision.reason}: {decision.detail}")
             fields["reply"] = reply.body()
-            return TaskState.DEAD_LETTERED, fields, decision.reason
+            revoked = decision.reason == "revoked"  # taskq/middleware/revocation.py: parked, but on purpose
+            return TaskState.REVOKED if revoked else TaskState.DEAD_LETTERED, fields, decision.reason
         if isinstance(decision, Redelay):
             return TaskState.RECEIVED, {}, "eta"
         if isinstance(decision, Skip):

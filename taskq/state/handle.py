@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from taskq import settings
 from taskq.backoff import jittered_backoff
-from taskq.errors import TaskError, TaskqError
+from taskq.errors import REVOKED_EXC_TYPE, TaskError, TaskqError, TaskRevoked, remote_error
 from taskq.state.records import TaskRecord, TaskState, TimelineEntry, pending
 from taskq.state.store import StateStore
 
@@ -111,9 +111,9 @@ class StoredResult:
             if reply.ok:
                 return reply.result
         if reply is not None and not reply.ok:
-            raise TaskError(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id)
+            raise remote_error(reply.exc_type, reply.exc_message, reply.traceback, task_id=self.id)
         if record.state is TaskState.REVOKED:
-            raise TaskError("taskq.Revoked", record.detail or "skipped without running", task_id=self.id)
+            raise TaskRevoked(REVOKED_EXC_TYPE, record.detail or "skipped without running", task_id=self.id)
         raise TaskError("taskq.DeadLettered", f"{record.reason}: {record.detail}", task_id=self.id)
 
     def _not_done(self, timeout: float | None) -> str:

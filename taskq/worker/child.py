@@ -31,6 +31,7 @@ from taskq.middleware.delivery import (
 )
 from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.middleware.pipeline import Middleware, Pipeline, WorkerInfo
+from taskq.middleware.revocation import abandoned_outcome
 from taskq.middleware.time_limits import hard_limit_outcome
 from taskq.worker import limits
 from taskq.worker.parent_death import die_with_parent
@@ -196,6 +197,9 @@ class ChildWorker:
             consume_channel.basic_qos(0, 1, True)
         settler = Settler(connection, self.pipeline, queue_type=self.setup.queue_type,
                           broker_delays=self.setup.broker_delays)
+        # Before consuming starts: what a middleware reads on a channel of its own (the
+        # revocations) is in place before this child can be handed its first task.
+        self.pipeline.notify("on_connect", connection)
         consumers = []
         for name, queue, dead_letter_queue in self.setup.queues:
             bound = queue(consume_channel)
@@ -205,7 +209,6 @@ class ChildWorker:
                                 auto_declare=False)
             consumer.consume()
             consumers.append(consumer)
-        self.pipeline.notify("on_connect", connection)
         log.info("consuming", queues=self.setup.queue_names, pid=os.getpid())
         while not self.stopping:
             self.pipeline.notify("on_tick")
@@ -332,11 +335,17 @@ class ChildWorker:
         return decided if decided is not None else dead_letter_failure(delivery.attempt, "failed", delivery.outcome.reply)
 
     def _hard_time_limit(self, settler: Settler, delivery: Delivery) -> None:
-        """The task thread is stuck past its time limit: settle its message as a failure, then die."""
+        """The task thread is stuck past its time limit, or a middleware said to abandon it
+        (revoked with terminate): settle its message as a failure, then die."""
         assert delivery.task is not None and delivery.envelope is not None
-        log.error("hard time limit: settling the message and replacing this child",
-                  task=delivery.task.name, task_id=delivery.envelope.id, time_limit=delivery.time_limit)
-        delivery.outcome = hard_limit_outcome(delivery)
+        if delivery.abandon is not None:
+            log.error("task abandoned: settling the message and replacing this child",
+                      task=delivery.task.name, task_id=delivery.envelope.id, reason=delivery.abandon)
+            delivery.outcome = abandoned_outcome(delivery)
+        else:
+            log.error("hard time limit: settling the message and replacing this child",
+                      task=delivery.task.name, task_id=delivery.envelope.id, time_limit=delivery.time_limit)
+            delivery.outcome = hard_limit_outcome(delivery)
         self.pipeline.on_task_failed(delivery)
         if not self.owns_process:
             # In-process worker: settle, and leave the stuck (daemon) thread behind.

@@ -58,7 +58,7 @@ class TaskRunner:
             return self._run_here(connection, delivery, guard, deadlines, on_hard_limit)
         future = self.executor.submit(run_task, delivery.task, delivery.envelope, delivery.queue, guard,
                                       delivery.reply_wanted)
-        return self._wait_for_outcome(connection, future, guard, deadlines)
+        return self._wait_for_outcome(connection, future, guard, deadlines, delivery)
 
     def _run_here(self, connection: Connection, delivery: Delivery, guard: limits.TaskThreadGuard,
                   deadlines: limits.Deadlines, on_hard_limit: Callable[[], None]) -> Outcome:
@@ -71,7 +71,7 @@ class TaskRunner:
             on_hard_limit()
 
         limits.arm_backstop(delivery.time_limit)
-        self.watchdog.lend(Watch(connection, deadlines, guard, hard_limit))
+        self.watchdog.lend(Watch(connection, deadlines, guard, hard_limit, delivery))
         try:
             return run_task(delivery.task, delivery.envelope, delivery.queue, guard, delivery.reply_wanted)
         finally:
@@ -80,9 +80,9 @@ class TaskRunner:
                 limits.disarm_backstop()
 
     def _wait_for_outcome(self, connection: Connection, future: Future[Outcome], guard: limits.TaskThreadGuard,
-                          deadlines: limits.Deadlines) -> Outcome | None:
+                          deadlines: limits.Deadlines, delivery: Delivery) -> Outcome | None:
         """In-process worker (no watchdog): serve the connection until the task, on the task
-        thread, ends; None if it ran past its hard time limit.
+        thread, ends; None if it ran past its hard time limit or a middleware set ``abandon``.
 
         If the connection breaks meanwhile, the task is still waited for (never two at
         once in one child, and its limits still hold), then the error is raised: the
@@ -108,6 +108,8 @@ class TaskRunner:
                         self.keep_alive(connection)
                     except self.connection_errors as exc:
                         lost = exc
+                if delivery.abandon is not None and lost is None:
+                    return None
         if lost is not None:
             raise lost
         return outcome
@@ -169,6 +171,7 @@ class Watch:
     # has passed; given the connection error if the connection broke during the task.
     # In a forked child it does not return.
     on_hard_limit: Callable[[BaseException | None], None]
+    delivery: Delivery | None = None  # its ``abandon``, once set while it runs, ends it as the hard limit does
     soft_sent: bool = False  # set by the watchdog: the soft limit is raised once at most
 
 
@@ -249,7 +252,12 @@ class Watchdog:
                 watch.soft_sent = True  # if the task already returned, there is nothing to interrupt
                 watch.guard.interrupt()
             if watch is seen and self._lost is None:
-                self._service(watch)
+                self._service(watch)  # may read a revocation that sets the delivery's ``abandon``
+                if watch.delivery is not None and watch.delivery.abandon is not None:
+                    with self.connection_lock:
+                        if self._watch is watch:
+                            watch.on_hard_limit(self._lost)
+                    continue
             seen = watch
 
     def _service(self, watch: Watch) -> None:

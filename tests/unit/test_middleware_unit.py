@@ -32,6 +32,7 @@ from taskq.middleware.delivery import failure
 from taskq.middleware.lifecycle_events import LifecycleEvents
 from taskq.middleware.pipeline import Pipeline, no_decision, nothing
 from taskq.middleware.time_limits import hard_limit_outcome
+from taskq.middleware.revocation import Revocations
 from taskq.testing import reset_memory_broker
 from taskq.worker.child import ChildWorker
 from taskq.worker.settle import Settler
@@ -106,7 +107,7 @@ def test_a_failing_hook_is_logged_and_the_others_still_run():
 
 
 def test_the_defaults_are_listed_once_in_hook_order():
-    assert [type(m) for m in default_middleware()] == [Expiry, EtaRedelay, Retries, TimeLimits]
+    assert [type(m) for m in default_middleware()] == [Revocations, Expiry, EtaRedelay, Retries, TimeLimits]
 
 
 # -- expiry and eta ---------------------------------------------------------------------------
@@ -197,9 +198,9 @@ def test_add_middleware_before_and_after():
     first, last = Middleware(), Middleware()
     ordered.add_middleware(first, before=Expiry)
     ordered.add_middleware(last, after=Retries)
-    assert [type(m) for m in ordered.middleware] == [Middleware, Expiry, EtaRedelay, Retries, Middleware, TimeLimits,
-                                                    Workflows]
-    assert ordered.middleware[0] is first and ordered.middleware[4] is last
+    assert [type(m) for m in ordered.middleware] == [
+        Revocations, Middleware, Expiry, EtaRedelay, Retries, Middleware, TimeLimits, Workflows]
+    assert ordered.middleware[1] is first and ordered.middleware[5] is last
     with pytest.raises(ConfigurationError, match="no LifecycleEvents middleware"):
         ordered.add_middleware(Middleware(), before=LifecycleEvents)
 
