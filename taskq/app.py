@@ -22,6 +22,7 @@ from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
 from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.pipeline import task_settings
+from taskq.middleware.rate_limits import RateLimits
 from taskq.middleware.state_store import StateRecorder
 from taskq.producer import Producer
 from taskq.results import AsyncResult
@@ -90,6 +91,7 @@ class App:
         self._app_hooks: AppHooks | None = None
         self.results = Results(results, lambda: self.broker.url) if results is not None else None
         if self.results is not None:  # last: it records what the others decided
+            self.middleware.append(RateLimits(self.results.store))
             self.middleware.append(StateRecorder(self.results.store))
         self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py); reads the hooks above
         self.schedules: dict[str, schedules.Schedule] = {}  # fired by `taskq scheduler` (taskq/scheduler.py)
