@@ -5,7 +5,9 @@ taskq/state/limits.py), shared by every worker of every machine. A slot that is 
 task; a slot in the future sends the message back with that slot as its eta and acks
 (``Redelay(eta=...)``), so no worker sleeps, busy-loops or holds a message unacked for long
 (RabbitMQ's consumer_timeout). The slot travels in the ``x-taskq-rate-slot`` header, so the
-message that comes back at its slot runs without reserving another.
+message that comes back at its slot runs without reserving another; one that comes back more
+than ``RATE_LIMIT_MAX_LATENESS`` after it (stuck behind a backlog) takes a new slot, so a
+backlog draining does not start its late messages in one bunch.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ class RateLimits(Middleware):
         rate = task.options.settings.get("rate_limit")
         if rate is None or not self.broker_delays:  # without broker delays there is nowhere to wait: runs
             return None
-        headers = delivery.message.headers or {}
-        if SLOT_HEADER in headers:  # came back at the slot it holds
-            return None
         interval = self._intervals.get(task.name)
         if interval is None:
             interval = self._intervals[task.name] = parse_rate(rate)
+        held = (delivery.message.headers or {}).get(SLOT_HEADER)
+        if isinstance(held, (int, float)) and time.time() - held <= settings.RATE_LIMIT_MAX_LATENESS:
+            return None  # came back at the slot it holds
+        # No slot yet, or one missed by more than the lateness allowed (it waited behind a
+        # backlog in the work queue): a new one, so late messages don't start all together.
         if self._slots is None:
             self._slots = rate_slots(self.store())
         slot = self._slots.reserve(f"{task.name}", interval)
