@@ -22,6 +22,7 @@ from taskq.message import TaskMessage
 from taskq.middleware import Middleware, default_middleware
 from taskq.middleware.app_hooks import AppHooks
 from taskq.middleware.pipeline import task_settings
+from taskq.middleware.rate_limits import RateLimits
 from taskq.middleware.state_store import StateRecorder
 from taskq.middleware.workflows import Workflows
 from taskq.producer import Producer
@@ -94,6 +95,7 @@ class App:
         self.middleware.append(Workflows(self.results.store if self.results is not None else None,
                                          lambda name: (self.queue(name), self.dead_letter_queue(name))))
         if self.results is not None:  # last: it records what the others decided
+            self.middleware.append(RateLimits(self.results.store))
             self.middleware.append(StateRecorder(self.results.store))
         self._producer = Producer(self)  # sends and their reply listener (taskq/producer.py); reads the hooks above
         self.schedules: dict[str, schedules.Schedule] = {}  # fired by `taskq scheduler` (taskq/scheduler.py)

@@ -216,3 +216,10 @@ RESULT_GET_POLL_MAX = 0.5
 #: Most timeline entries kept per task (the latest): a task redelivered or retried without end
 #: must not grow its record without bound.
 STATE_TIMELINE_LIMIT = 100
+
+#: Seconds: a reserved rate-limit slot this close to now runs now rather than taking a trip
+#: through the delay cascade (a trip costs more than the wait it saves).
+RATE_LIMIT_TOLERANCE = 0.005
+#: Seconds: a re-delayed message starting later than this after its rate-limit slot (it waited
+#: behind a backlog in the work queue) takes a new slot instead of starting in a bunch.
+RATE_LIMIT_MAX_LATENESS = 0.25

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Mapping, Union
 
 from taskq.message import Reply, TaskMessage, message_body
 
@@ -103,7 +103,13 @@ class Skip:
 
 @dataclass(frozen=True)
 class Redelay:
-    """Send the message again unchanged, to arrive at its eta: one more trip through the delay cascade."""
+    """Send the message again unchanged, to arrive at its eta: one more trip through the delay cascade.
+
+    ``eta`` (epoch seconds) replaces the message's eta and ``headers`` are added (the rate
+    limit sends a message back to its reserved slot, marked as holding it)."""
+
+    eta: float | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

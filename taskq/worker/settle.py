@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping
 
 import structlog
 from kombu import Connection
@@ -56,7 +56,10 @@ class Settler:
         elif isinstance(decision, Skip):
             delivery.message.ack()
         elif isinstance(decision, Redelay):
-            self._resend(delivery, delivery.envelope)
+            envelope = delivery.envelope
+            assert envelope is not None
+            self._resend(delivery, envelope if decision.eta is None else replace(envelope, eta=decision.eta),
+                         decision.headers)
         elif isinstance(decision, Retry):
             decision = self._retry(delivery, decision)
         elif isinstance(decision, DeadLetter):
@@ -78,13 +81,13 @@ class Settler:
                  attempt=again.attempts + 1, countdown=round(decision.countdown, 3))
         return replace(decision, countdown=wait)
 
-    def _resend(self, delivery: Delivery, task_message: Any) -> None:
+    def _resend(self, delivery: Delivery, task_message: Any, extra: Mapping[str, Any] | None = None) -> None:
         """Publish the message again to the queue it came from, through the delay cascade if it has
         an eta, keeping the original's extra headers and reply properties."""
         message = delivery.message
         exchange, routing_key, entities = delay.route(delivery.queue, task_message.eta, self.queue_type)
         self._publish_then_ack(delivery, exchange=exchange, routing_key=routing_key, declare=entities,
-                               headers=copies.resend_headers(message.headers, task_message),
+                               headers={**copies.resend_headers(message.headers, task_message), **(extra or {})},
                                **copies.carried_properties(message.properties))
 
     def _dead_letter(self, delivery: Delivery, decision: DeadLetter) -> DeadLetter:
