@@ -1,7 +1,7 @@
 """The ``taskq`` command: click commands only. Each parses its arguments, calls the library
 and prints the outcome; a mistake is one line on stderr, never a traceback.
 
-One module per group of commands (worker, scheduler, ops, result, dead, dashboard), all sharing common.py;
+One module per group of commands (worker, scheduler, ops, result, revoke, dead, dashboard), all sharing common.py;
 none imports another, and the library never imports this package.
 """
 
@@ -17,6 +17,7 @@ from taskq.cli.dashboard import dashboard  # imports Starlette and uvicorn only 
 from taskq.cli.dead import dead
 from taskq.cli.ops import OPERATOR_COMMANDS
 from taskq.cli.result import result
+from taskq.cli.revoke import revoke
 from taskq.cli.scheduler import scheduler
 from taskq.cli.worker import worker
 from taskq.errors import TaskqError
@@ -59,5 +60,5 @@ def main() -> None:
     """taskq: background jobs on RabbitMQ."""
 
 
-for _command in (worker, scheduler, *OPERATOR_COMMANDS, result, dead, dashboard):
+for _command in (worker, scheduler, *OPERATOR_COMMANDS, result, revoke, dead, dashboard):
     main.add_command(_command)

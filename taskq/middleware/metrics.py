@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: Every ``reason`` taskq itself dead-letters with (docs/wire-format.md#dead-letter-reasons).
 DEAD_LETTER_REASONS = frozenset({
     "wrong-content-type", "undecodable-body", "malformed-body", "missing-task-name", "missing-task-id",
-    "invalid-header", "unknown-task", "expired", "failed", "retries-exhausted", "worker-error",
+    "invalid-header", "unknown-task", "expired", "revoked", "failed", "retries-exhausted", "worker-error",
     "state-store-unavailable",
 })
 OTHER_REASON = "other"  #: the label of a reason a middleware of the app's own made up

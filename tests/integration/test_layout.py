@@ -16,4 +16,4 @@ def test_python_m_taskq_and_the_console_script_reach_the_same_group():
     assert 'taskq = "taskq.cli:main"' in pyproject
     from taskq.cli import main
 
-    assert sorted(main.commands) == ["call", "dashboard", "dead", "events", "logs", "purge", "result", "scheduler", "status", "worker"]
+    assert sorted(main.commands) == ["call", "dashboard", "dead", "events", "logs", "purge", "result", "revoke", "scheduler", "status", "worker"]

@@ -92,3 +92,15 @@ def test_a_revoke_survives_a_worker_restart(app, broker_url, queue_name, start_w
         victim.get(timeout=30)
     assert lines(log, "start") == []
     assert revoked_dead_letters(broker_url, queue_name) == [victim.id]
+
+
+def test_cli_revoke_refuses_a_malformed_id_in_one_line(broker_url):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "taskq", "revoke", "not an id", "-A", "tests.support.apps:app",
+                           "--broker", broker_url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["Error: not a task id: 'not an id' (no spaces or control characters)"]

@@ -104,7 +104,7 @@ def test_the_library_never_imports_the_cli_and_only_the_cli_uses_click():
 
 def test_the_commands_live_in_the_cli_package():
     cli = sorted(path.name for path in (TASKQ / "cli").glob("*.py"))
-    assert cli == ["__init__.py", "common.py", "dashboard.py", "dead.py", "ops.py", "result.py", "scheduler.py", "worker.py"]
+    assert cli == ["__init__.py", "common.py", "dashboard.py", "dead.py", "ops.py", "result.py", "revoke.py", "scheduler.py", "worker.py"]
     assert not list(TASKQ.glob("cli_*.py")) and not (TASKQ / "dashboard" / "cli.py").exists()
 
 
