@@ -36,6 +36,17 @@ async def async_started_then_sleeps(path: str, seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+@app.task(soft_time_limit=0.3)
+async def async_past_soft_limit(path: str) -> None:
+    """Records what the coroutine saw when the soft limit ended it."""
+    try:
+        await asyncio.sleep(30)
+    except BaseException as exc:
+        with open(path, "a") as seen:
+            seen.write(type(exc).__name__ + "\n")
+        raise
+
+
 @app.task
 def sync_add(x: int, y: int) -> int:
     return x + y

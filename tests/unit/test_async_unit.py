@@ -10,7 +10,9 @@ import pytest
 
 from taskq import TaskError
 from taskq.errors import ResultLost, UnsupportedTask
-from tests.support.async_apps import app as async_app, async_add, async_fail, async_whoami, sync_add
+from tests.support.async_apps import (
+    app as async_app, async_add, async_fail, async_past_soft_limit, async_whoami, sync_add,
+)
 
 
 @pytest.fixture
@@ -68,3 +70,10 @@ def test_async_event_handlers_are_refused_clearly():
 
     with pytest.raises(UnsupportedTask, match="async event handlers are not supported; make it a plain def"):
         async_app.on("orders.*")(on_order)
+
+
+def test_the_soft_limit_cancels_a_sleeping_coroutine_and_fails_the_task(taskq_worker, tmp_path):
+    seen = tmp_path / "seen"
+    with pytest.raises(TaskError, match="SoftTimeLimitExceeded"):
+        async_past_soft_limit.delay(str(seen)).get(timeout=10)  # the coroutine would sleep 30 s
+    assert seen.read_text() == "CancelledError\n"
