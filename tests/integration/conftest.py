@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from kombu import Connection
 
 from tests.support import ROOT
@@ -220,3 +221,32 @@ def _consumers(connection: Connection, queue: str) -> int:
         return queue_state(connection, queue)[1]
     except Exception:
         return 0
+
+
+#: The machine's Redis, for the state-store tests; each test keeps to a key prefix of its own.
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_reachable() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def results_url(request, tmp_path):
+    """A store of this test's own: a fresh SQLite file, or a key prefix no other test uses."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'results.db'}"
+        return
+    if not redis_reachable():
+        if IN_CI:
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable; CI=true requires these tests to run", pytrace=False)
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable")
+    prefix = f"taskq-test:{uuid.uuid4().hex[:12]}:"
+    yield f"{REDIS_URL}?prefix={prefix}"
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
 from taskq.state.limits import SQLiteRateSlots
 from taskq.state.sqlite import SQLiteStore
 from tests.support.waiting import wait_until
 
-REDIS_URL = os.environ.get("TASKQ_TEST_REDIS", "redis://127.0.0.1:6379/15")
 TASKS = 60
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def results_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'results.db'}"
-        return
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable")
-    prefix = f"taskq-test:{uuid.uuid4().hex[:12]}:"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
 
 
 def starts(path: Path) -> list[tuple[float, int]]:

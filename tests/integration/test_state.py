@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,34 +22,6 @@ from taskq.dead import list_dead, replay
 from taskq.state import StoredResult, open_store
 from tests.support import ROOT
 from tests.support.waiting import wait_until
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_reachable() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def results_url(request, tmp_path):
-    """A store of this test's own: a fresh SQLite file, or a key prefix no other test uses."""
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'results.db'}"
-        return
-    if not redis_reachable():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Redis at {REDIS_URL} is unreachable; CI=true requires these tests to run", pytrace=False)
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable")
-    prefix = f"taskq-test:{uuid.uuid4().hex[:12]}:"
-    yield f"{REDIS_URL}?prefix={prefix}"
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-
 
 @pytest.fixture
 def state_app(broker_url):
