@@ -72,7 +72,9 @@ class Subscriber:
             return list(self.screen_lines)
         if not self.output.exists():
             return []
-        records = [json.loads(line) for line in self.output.read_text().splitlines() if line.strip()]
+        # The subscriber may be mid-write: only lines it finished (ending in a newline) are records.
+        finished = self.output.read_text().split("\n")[:-1]
+        records = [json.loads(line) for line in finished if line.strip()]
         return [r for r in records if r.get("run") == self.run]
 
     def stop(self) -> None:
